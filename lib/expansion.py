@@ -1,0 +1,98 @@
+r"""Attention as a gradient step: expansion, depth stacks and layer-norm contraction (chapter 1).
+
+With keys :math:`x_1..x_n` held fixed, the residual attention step of a query is
+
+.. math:: T(q) = q + \eta\,\beta^{-1}\nabla A(q) = q + \eta\,\mathrm{Attn}(q; X, X),
+
+a gradient-ascent step on the convex log-normalizer :math:`A` of :mod:`lib.lognormalizer`.
+Because :math:`\nabla A` is monotone, :math:`\|T(q)-T(q')\| \ge \|q-q'\|`: the step never brings
+two queries closer ("parallel expansion", Shim 2022). This module provides the step, deep stacks of
+self-attention with and without layer norm, and the measurements used by chapter 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import _checks as C
+from .attention import softmax_attention
+from .norms import layer_norm
+
+Tensor = torch.Tensor
+
+__all__ = ["attention_step", "self_attention_stack", "diameter", "pairwise_distances", "jacobian_asymmetry"]
+
+
+def attention_step(q: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value_map: Tensor | None = None) -> Tensor:
+    r"""Residual step :math:`q + \eta\, W_V\,\mathrm{Attn}(q; X, X)` for queries ``q`` ``(n, d)`` over fixed keys ``x`` ``(m, d)``.
+
+    With ``value_map=None`` (:math:`W_V = I`, keys as values) this is the gradient step
+    :math:`q + (\eta/\beta)\nabla A(q)`. ``value_map`` is a ``(d, d)`` matrix :math:`W_V`.
+    """
+    q = C.float_tensor(q, "q", min_dim=2)
+    x = C.float_tensor(x, "x", min_dim=2)
+    eta = C.nonneg(eta, "eta")
+    v = x if value_map is None else x @ C.float_tensor(value_map, "value_map", min_dim=2).T
+    return q + eta * softmax_attention(q, x, v, beta=beta)
+
+
+def self_attention_stack(
+    x: Tensor, depth: int, *, beta: float, weights: Tensor | None = None, norm: str = "none", eta: float = 1.0,
+) -> Tensor:
+    r"""Apply ``depth`` residual self-attention layers to tokens ``x`` ``(n, d)``; return all states.
+
+    Layer :math:`\ell` maps :math:`X \mapsto X + \eta\,\mathrm{Attn}(X W_Q^\ell{}^\top, X W_K^\ell{}^\top, X W_V^\ell{}^\top)`
+    where ``weights`` is ``(depth, 3, d, d)`` (``None``: identity maps, keys = queries = values).
+    ``norm`` is ``"none"`` (no normalisation: the original residual stream), ``"post"``
+    (:math:`X \mapsto \mathrm{LN}(X + \eta\,\mathrm{Attn})`, the original Transformer) or ``"pre"``
+    (:math:`X \mapsto X + \eta\,\mathrm{Attn}(\mathrm{LN}(X))`). Returns ``(depth + 1, n, d)``.
+    """
+    x = C.float_tensor(x, "x", min_dim=2)
+    C.positive_int(depth, "depth")
+    if norm not in ("none", "post", "pre"):
+        raise ValueError(f"norm must be 'none', 'post' or 'pre', got {norm!r}")
+    d = x.shape[-1]
+    if weights is not None:
+        weights = C.float_tensor(weights, "weights", min_dim=4)
+        if weights.shape != (depth, 3, d, d):
+            raise ValueError(f"weights must have shape ({depth}, 3, {d}, {d}), got {tuple(weights.shape)}")
+    states = [x]
+    for layer in range(depth):
+        h = layer_norm(x) if norm == "pre" else x
+        if weights is None:
+            q = k = v = h
+        else:
+            wq, wk, wv = weights[layer]
+            q, k, v = h @ wq.T, h @ wk.T, h @ wv.T
+        x = x + eta * softmax_attention(q, k, v, beta=beta)
+        if norm == "post":
+            x = layer_norm(x)
+        states.append(x)
+    return torch.stack(states)
+
+
+def pairwise_distances(x: Tensor) -> Tensor:
+    """Distances :math:`\\|x_i - x_j\\|` for all pairs ``i < j`` of the rows of ``x`` ``(..., n, d)``."""
+    x = C.float_tensor(x, "x", min_dim=2)
+    n = x.shape[-2]
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
+    return torch.cdist(x, x)[..., iu[0], iu[1]]
+
+
+def diameter(x: Tensor) -> Tensor:
+    """Diameter :math:`\\max_{i,j}\\|x_i - x_j\\|` of the token cloud(s) ``x`` ``(..., n, d)``."""
+    return pairwise_distances(x).amax(dim=-1)
+
+
+def jacobian_asymmetry(f: Callable[[Tensor], Tensor], q: Tensor) -> Tensor:
+    r"""Relative asymmetry :math:`\|J - J^\top\|_F / \|J\|_F` of the Jacobian of ``f`` at each query.
+
+    ``f`` maps one query ``(d,)`` to ``(d,)``; ``q`` is ``(n, d)``. A field is (locally) the gradient
+    of a scalar potential only if its Jacobian is symmetric, so a value of order one says that no
+    energy can describe the update. Computed with ``torch.func.jacrev`` and ``vmap``.
+    """
+    q = C.float_tensor(q, "q", min_dim=2)
+    jac = torch.func.vmap(torch.func.jacrev(f))(q)
+    return torch.linalg.matrix_norm(jac - jac.transpose(-1, -2)) / torch.linalg.matrix_norm(jac)

@@ -1,0 +1,30 @@
+"""The book's sources: jupytext chapters without outputs, a toc that lists them, claims in each."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "chapters").glob("*.md"))
+
+
+def test_every_chapter_is_a_jupytext_myst_notebook_in_the_toc():
+    toc = (ROOT / "_toc.yml").read_text()
+    assert CHAPTERS, "no chapter found"
+    for ch in CHAPTERS:
+        head = ch.read_text()[:600]
+        assert head.startswith("---") and "format_name: myst" in head and "kernelspec" in head, ch.name
+        assert f"chapters/{ch.stem}" in toc, f"{ch.name} is not in _toc.yml"
+    assert not list((ROOT / "chapters").glob("*.ipynb")), "chapters are .md sources, not .ipynb"
+
+
+def test_chapters_check_claims_and_never_touch_sys_path():
+    for ch in CHAPTERS:
+        text = ch.read_text()
+        if "(in preparation)" in text:
+            continue
+        n = int(re.match(r"ch(\d+)_", ch.name).group(1))
+        assert f"begin_chapter({n})" in text, ch.name
+        assert re.search(rf"check\(\s*[\"']{n}\.\d+", text), f"{ch.name} checks no claim"
+        assert "sys.path" not in text and "matplotlib.use" not in text, ch.name
