@@ -108,6 +108,9 @@ class ClaimResult:
         lo, hi = self.expected
         return f"∈ [{_fmt(lo)}, {_fmt(hi)}]{u}"
 
+    def _ipython_display_(self) -> None:
+        """Show nothing in notebooks: :func:`check` has already printed the verdict line."""
+
     @property
     def measured_text(self) -> str:
         return _fmt(self.measured, self._digits()) + (f" {self.unit}" if self.unit else "")
@@ -306,7 +309,7 @@ def table(chapter: int):
     for r in results(chapter):
         rows.append(
             f"| {r.id} | {r.statement} | {r.ref} | {r.measured_text} | {r.expected_text} | {r.scale} | "
-            f"{'✅ pass' if r.passed else '❌ fail'} |"
+            f"{'pass' if r.passed else '**FAIL**'} |"
         )
     if len(rows) == 2:
         rows.append("| – | no claim was checked | | | | | |")

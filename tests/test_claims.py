@@ -32,7 +32,7 @@ def test_relations_pass_and_fail(tmp_path):
     claims.check("9.8", "np", np.float64(0.5), ref="x", relation="<=", expected=1)
     claims.check("9.9", "torch", torch.tensor(0.5), ref="x", relation="<=", expected=1)
     md = claims.table(9).data
-    assert "| 9.3 |" in md and "❌ fail" in md and "0.872 ± 0.01" in md
+    assert "| 9.3 |" in md and "**FAIL**" in md and "0.872 ± 0.01" in md
 
 
 def test_begin_chapter_resets():

@@ -19,8 +19,8 @@ from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-_COLUMNS = ("claim", "statement", "paper", "measured", "expected", "scale", "result")
-_WIDTHS = (6, 40, 12, 10, 14, 6, 8)
+_COLUMNS = ("claim", "statement", "paper", "measured", "expected", "result")
+_WIDTHS = (5, 42, 16, 10, 14, 7)
 
 
 class ledger_placeholder(nodes.General, nodes.Element):
@@ -67,26 +67,31 @@ def _render(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     from lib.claims import ClaimResult, load_ledger
 
     started = getattr(app, "claims_ledger_started", 0.0)
-    records = load_ledger()
-    rows, n_pass, n_fail, n_stale = [], 0, 0, 0
-    for rec in records:
-        res = ClaimResult(**rec)
-        stale = res.time < started
-        n_stale += stale
-        n_pass += res.passed
-        n_fail += not res.passed
-        status = ("pass" if res.passed else "FAIL") + (" (stale)" if stale else "")
-        rows.append([res.id, res.statement, res.ref, res.measured_text, res.expected_text, res.scale, status])
-    chapters = sorted({r["chapter"] for r in records})
-    summary = nodes.paragraph(
-        text=(
-            f"{len(records)} claims from {len(chapters)} chapter(s): {n_pass} pass, {n_fail} fail"
-            + (f", {n_stale} stale (not re-executed in this build)" if n_stale else "")
-            + f". Generated at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
-        )
-    )
+    records = [ClaimResult(**rec) for rec in load_ledger()]
+    if not records:
+        for ph in placeholders:
+            ph.replace_self([nodes.paragraph(text="No claim records were found.")])
+        return
+    content: list[nodes.Node] = []
+    n_pass = sum(r.passed for r in records)
+    n_stale = sum(r.time < started for r in records)
+    chapters = sorted({r.chapter for r in records})
+    content.append(nodes.paragraph(text=(
+        f"{len(records)} claims from {len(chapters)} chapter(s): {n_pass} pass, {len(records) - n_pass} fail"
+        + (f", {n_stale} stale (not re-executed in this build)" if n_stale else "")
+        + f". Generated at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+    )))
+    for ch in chapters:
+        recs = [r for r in records if r.chapter == ch]
+        ok = sum(r.passed for r in recs)
+        content.append(nodes.rubric(text=f"Chapter {ch} — {ok}/{len(recs)} pass, scale: {', '.join(sorted({r.scale for r in recs}))}"))
+        rows = []
+        for res in recs:
+            status = ("pass" if res.passed else "FAIL") + (" (stale)" if res.time < started else "")
+            rows.append([res.id, res.statement, res.ref, res.measured_text, res.expected_text, status])
+        content.append(_table(rows))
     for ph in placeholders:
-        ph.replace_self([summary, _table(rows)] if rows else [nodes.paragraph(text="No claim records were found.")])
+        ph.replace_self([n.deepcopy() for n in content])
 
 
 def _builder_inited(app: Sphinx) -> None:
