@@ -1,0 +1,240 @@
+"""Tests for lib.hardmax: the pure-attention hardmax layer, leaders, dynamics, hulls (chapter 5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from lib.hardmax import (
+    attention_sets,
+    classify_limit_points,
+    clustering_report,
+    fit_rate,
+    default_tie_rtol,
+    distinct_points,
+    hardmax_layer,
+    hull_volume,
+    leader_positions,
+    leaders,
+    padding_mask,
+    random_spd,
+    run_dynamics,
+    scores,
+    softmax_layer,
+    strict_leaders,
+    token_mask,
+)
+
+D = torch.float64
+
+
+def brute_layer(z: np.ndarray, alpha: float, A: np.ndarray, rtol: float) -> np.ndarray:
+    """Token-by-token reference of the layer (the authors' loop, with the relative tie tolerance)."""
+    out = np.empty_like(z)
+    for i in range(len(z)):
+        s = np.array([(A @ z[i]) @ z[j] for j in range(len(z))])
+        tau = rtol * max(1.0, np.abs(s).max())
+        C = [j for j in range(len(z)) if s[j] >= s.max() - tau]
+        out[i] = z[i] + alpha / (1 + alpha) * (np.mean(z[C], axis=0) - z[i])
+    return out
+
+
+def test_hand_example_with_ties():
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.25, 0.25], [0.5, 0.5]], dtype=D)
+    sets = attention_sets(z)
+    # z3 = (0.25, 0.25): scores 0.25, 0.25, 0.125, 0.25 -> ties {0, 1, 3}
+    assert sets[2].tolist() == [True, True, False, True]
+    # z4 = (0.5, 0.5): scores 0.5, 0.5, 0.25, 0.5 -> ties {0, 1, 3}, itself included: a (tie) leader
+    assert sets[3].tolist() == [True, True, False, True]
+    assert leaders(z).tolist() == [True, True, False, True]
+    # strict leaders exclude the tie point (it attends to distinct tokens)
+    assert strict_leaders(z).tolist() == [True, True, False, False]
+    out = hardmax_layer(z, alpha=1.0)
+    m = (z[0] + z[1] + z[3]) / 3
+    expected = torch.stack([z[0], z[1], z[2] + 0.5 * (m - z[2]), z[3] + 0.5 * (m - z[3])])
+    assert torch.allclose(out, expected, atol=1e-15)
+
+
+def test_matches_bruteforce_batched_spd():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 17, 4, generator=g, dtype=D)
+    A = random_spd(4, generator=g)
+    out = hardmax_layer(z, alpha=0.7, A=A)
+    for b in range(3):
+        ref = brute_layer(z[b].numpy(), 0.7, A.numpy(), default_tie_rtol(D))
+        assert np.abs(out[b].numpy() - ref).max() < 1e-14
+    assert torch.allclose(scores(z, A=A)[1], (z[1] @ A.T) @ z[1].T)
+
+
+def test_duplicates_share_weight_uniformly():
+    z = torch.tensor([[2.0, 0.0], [2.0, 0.0], [1.0, 0.1]], dtype=D)
+    sets = attention_sets(z)
+    assert sets[0].tolist() == [True, True, False] and sets[2].tolist() == [True, True, False]
+    # exact-equality ties disappear with a perturbation below the tolerance only if tie_rtol = 0
+    zp = z.clone()
+    zp[1, 0] += 1e-14
+    assert attention_sets(zp)[2].tolist() == [True, True, False]
+    assert attention_sets(zp, tie_rtol=0.0)[2].tolist() == [False, True, False]
+
+
+def test_convex_combination_lp():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(12, 3, generator=g, dtype=D)
+    out = hardmax_layer(z, alpha=2.0, A=random_spd(3, generator=g)).numpy()
+    P = z.numpy()
+    for x in out:  # x = sum_j lam_j z_j, lam >= 0, sum lam = 1  (LP feasibility)
+        res = linprog(np.zeros(len(P)), A_eq=np.vstack([P.T, np.ones(len(P))]), b_eq=np.append(x, 1.0),
+                      bounds=[(0, None)] * len(P), method="highs")
+        assert res.status == 0
+
+
+def test_hull_area_shrinks_and_leaders_fixed():
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(40, 2, generator=g, dtype=D)
+    dyn = run_dynamics(z0, alpha=0.5, layers=80)
+    areas = [hull_volume(z) for z in dyn.trajectory]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(areas, areas[1:]))
+    L = strict_leaders(z0)
+    assert (dyn.trajectory[-1][L] - z0[L]).abs().max() < 1e-10  # exact up to followers within the tie tolerance
+    assert bool(dyn.leaders[:, L].all())
+    assert abs(areas[-1] - hull_volume(leader_positions(dyn.trajectory[-1]))) < 1e-8
+
+
+def test_geometric_rate_single_follower():
+    L = torch.tensor([[2.0, 0.0]], dtype=D)
+    f = torch.tensor([[0.5, 0.3]], dtype=D)
+    alpha = 0.3
+    dyn = run_dynamics(torch.cat([L, f]), alpha=alpha, layers=30)
+    dist = (dyn.trajectory[:, 1] - L[0]).norm(dim=-1)
+    k = torch.arange(31, dtype=D)
+    assert torch.allclose(dist, dist[0] * (1 + alpha) ** (-k), rtol=1e-12)
+    assert torch.allclose(dyn.increments, dist[:-1] * alpha / (1 + alpha), rtol=1e-12)
+
+
+def test_square_tie_points_and_classification():
+    z0 = torch.tensor([[1, 1], [1, -1], [-1, -1], [-1, 1], [-0.5, 0], [0.5, 0]], dtype=D)
+    dyn = run_dynamics(z0, alpha=0.5, layers=120)
+    zK = dyn.trajectory[-1]
+    assert torch.allclose(zK[4:], torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=D), atol=1e-12)
+    lp = classify_limit_points(zK)
+    assert (lp.n_leaders, lp.n_ties, lp.n_other) == (4, 2, 0)
+    assert len(leader_positions(zK)) == 4
+
+
+def test_distinct_points_and_hull_volume():
+    x = np.array([[0.0, 0.0], [1e-9, 0.0], [1.0, 0.0], [1.0, 1e-8], [0.0, 1.0]])
+    labels, centers = distinct_points(x, atol=1e-6)
+    assert labels.tolist() == [0, 0, 1, 1, 2] and centers.shape == (3, 2)
+    assert hull_volume(np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]])) == pytest.approx(1.0)
+    assert hull_volume(np.array([[0, 0], [1, 1], [2, 2]])) == 0.0
+    assert hull_volume(np.array([[0, 0], [1, 1]])) == 0.0
+
+
+def test_softmax_layer_reference_and_limit():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(2, 9, 3, generator=g, dtype=D)
+    A = random_spd(3, generator=g)
+    T = 0.7
+    w = torch.softmax((z @ A.T) @ z.transpose(-1, -2) / T, dim=-1)
+    ref = z + 0.4 / 1.4 * (w @ z - z)
+    assert torch.allclose(softmax_layer(z, alpha=0.4, temperature=T, A=A), ref, atol=1e-13)
+    hard = run_dynamics(z, alpha=0.4, layers=6, A=A).trajectory[-1]
+    devs = [float((run_dynamics(z, alpha=0.4, layers=6, A=A, temperature=t).trajectory[-1] - hard).abs().max())
+            for t in (1.0, 0.1, 0.01, 1e-3, 1e-4)]
+    assert all(b < a for a, b in zip(devs, devs[1:]))
+    assert devs[-1] < 1e-10
+
+
+def test_softmax_low_temperature_float32_finite_and_ties():
+    z = torch.tensor([[3.0, 0.0], [3.0, 0.0], [1.0, 0.5]], dtype=torch.float32, requires_grad=True)
+    out = softmax_layer(z, alpha=1.0, temperature=1e-3)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(z.grad).all()
+    assert torch.allclose(out.detach(), hardmax_layer(z.detach(), alpha=1.0), atol=1e-6)
+
+
+def test_padding_mask_matches_unpadded():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 7, 2, generator=g, dtype=D)
+    lengths = torch.tensor([4, 7])
+    mask = padding_mask(lengths, 7)
+    assert mask.shape == (2, 7, 7) and not mask[0, :, 4:].any()
+    out = hardmax_layer(z, alpha=1.0, mask=mask)
+    assert torch.allclose(out[0, :4], hardmax_layer(z[0, :4], alpha=1.0))
+    z2 = z.clone()
+    z2[0, 4:] = 100.0  # padding values are irrelevant to the real tokens
+    assert torch.allclose(hardmax_layer(z2, alpha=1.0, mask=mask)[0, :4], out[0, :4])
+    assert torch.allclose(softmax_layer(z2, alpha=1.0, temperature=0.5, mask=mask)[0, :4],
+                          softmax_layer(z[0, :4], alpha=1.0, temperature=0.5))
+    assert not leaders(z, mask=mask)[0, 4:].any()
+    assert token_mask(lengths, 7).sum().item() == 11
+
+
+def test_alpha_tensor_gradient():
+    z = torch.randn(5, 2, dtype=D)
+    a = torch.tensor(0.5, dtype=D, requires_grad=True)
+    hardmax_layer(z, alpha=a).sum().backward()
+    assert a.grad is not None and math.isfinite(a.grad.item())
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"alpha": 0.0}, ValueError, "alpha"),
+        ({"alpha": -1.0}, ValueError, "alpha"),
+        ({"alpha": float("nan")}, ValueError, "alpha"),
+        ({"alpha": torch.tensor(-0.1, dtype=D)}, ValueError, "alpha"),
+        ({"alpha": 1.0, "A": torch.ones(2, 3, dtype=D)}, ValueError, "square"),
+        ({"alpha": 1.0, "A": torch.eye(3, dtype=D)}, ValueError, "match"),
+        ({"alpha": 1.0, "A": torch.eye(2, dtype=torch.float32)}, TypeError, "dtype"),
+        ({"alpha": 1.0, "tie_rtol": -1e-3}, ValueError, "tie_rtol"),
+    ],
+)
+def test_bad_layer_input(kwargs, exc, match):
+    z = torch.randn(4, 2, dtype=D)
+    with pytest.raises(exc, match=match):
+        hardmax_layer(z, **kwargs)
+
+
+def test_bad_inputs_misc():
+    z = torch.randn(4, 2, dtype=D)
+    with pytest.raises(ValueError, match="temperature"):
+        softmax_layer(z, alpha=1.0, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        softmax_layer(z, alpha=1.0, temperature=-1.0)
+    bad = z.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="z"):
+        hardmax_layer(bad, alpha=1.0)
+    with pytest.raises(ValueError, match="A"):
+        hardmax_layer(z, alpha=1.0, A=torch.tensor([[1.0, float("nan")], [0.0, 1.0]], dtype=D))
+    with pytest.raises(ValueError, match="z"):
+        hardmax_layer(torch.randn(3, dtype=D), alpha=1.0)
+    with pytest.raises(TypeError, match="z"):
+        hardmax_layer(torch.ones(3, 2, dtype=torch.int64), alpha=1.0)
+    with pytest.raises(ValueError, match="lengths"):
+        padding_mask(torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="layers|>= 1"):
+        run_dynamics(z, alpha=1.0, layers=0)
+    with pytest.raises(ValueError, match="x"):
+        distinct_points(np.array([[np.nan, 0.0]]))
+
+
+def test_clustering_report_and_fit_rate():
+    z0 = torch.tensor([[1, 1 / 3], [-1 / 12, 1 / 12], [-1, -1], [0, 1 / 4], [-0.3, -0.7],
+                       [-0.6, -0.9], [0.8, 0.1], [0.6, 0.15]], dtype=D)  # the paper's emerging-leader case
+    dyn = run_dynamics(z0, alpha=0.5, layers=80)
+    rep = clustering_report(dyn)
+    assert rep.n_distinct_leaders[:2].tolist() == [2, 3] and rep.emerged == 1 and rep.leader_count_monotone
+    assert rep.initial_leaders_kept and rep.initial_leader_drift < 1e-10  # followers within the tie tolerance
+    assert 0 <= rep.converged_layer < 80 and rep.final_increment < 1e-10
+    assert fit_rate(dyn.increments) == pytest.approx(-math.log(1.5), rel=1e-6)
+    with pytest.raises(ValueError, match="layers"):
+        fit_rate(np.array([1.0, 0.5]))
+    # a configuration in mid-flight: followers are neither leaders nor tie points
+    mid = classify_limit_points(dyn.trajectory[1])
+    assert mid.n_other > 0

@@ -1,0 +1,240 @@
+"""Unit tests for lib.pde (chapter 3): particle fields, RK4, Gaussian closures, closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+from scipy.linalg import expm
+
+from lib import pde
+
+DT = torch.float64
+
+
+def _params(d=2, seed=0):
+    rng = np.random.default_rng(seed)
+    Q = 0.5 * rng.standard_normal((d, d))
+    K = 0.5 * rng.standard_normal((d, d))
+    V = rng.standard_normal((d, d))
+    G = rng.standard_normal((d, d))
+    S = G @ G.T / d + 0.3 * np.eye(d)
+    m = 0.3 * rng.standard_normal(d)
+    return Q, K, V, S, m
+
+
+def _t(a):
+    return torch.as_tensor(a, dtype=DT)
+
+
+# ------------------------------------------------------------------ particle fields
+
+def test_softmax_field_matches_brute_force():
+    Q, K, V, _, _ = _params(3)
+    x = torch.randn(2, 50, 3, dtype=DT)
+    F = pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), chunk_size=7)
+    logits = (x @ _t(Q).T) @ (x @ _t(K).T).transpose(-1, -2)
+    ref = torch.softmax(logits, -1) @ (x @ _t(V).T)
+    assert torch.allclose(F, ref, atol=1e-12)
+
+
+def test_causal_and_l2_and_sigmoid_fields_match_brute_force():
+    Q, K, V, _, _ = _params(2, 1)
+    x = torch.randn(40, 2, dtype=DT)
+    q, k, v = x @ _t(Q).T, x @ _t(K).T, x @ _t(V).T
+    mask = torch.ones(40, 40, dtype=torch.bool).tril()
+    logits = (q @ k.T).masked_fill(~mask, -math.inf)
+    ref = torch.softmax(logits, -1) @ v
+    got = pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), causal=True, chunk_size=9)
+    assert torch.allclose(got, ref, atol=1e-12)
+    ref_l2 = torch.softmax(-torch.cdist(q, k) ** 2, -1) @ v
+    assert torch.allclose(pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), variant="l2", chunk_size=16), ref_l2, atol=1e-12)
+    ref_sig = torch.sigmoid(q @ k.T - 0.5) @ v / 40
+    assert torch.allclose(pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), variant="sigmoid", bias=-0.5), ref_sig, atol=1e-12)
+
+
+def test_multihead_field_is_sum_of_heads():
+    Qh, Kh, Vh = pde.split_heads(*_params(4, 2)[:3], 2)
+    x = torch.randn(30, 4, dtype=DT)
+    got = pde.particle_velocity(x, Q=_t(Qh), K=_t(Kh), V=_t(Vh), variant="multihead")
+    ref = sum(pde.particle_velocity(x, Q=_t(Qh[h]), K=_t(Kh[h]), V=_t(Vh[h])) for h in range(2))
+    assert torch.allclose(got, ref, atol=1e-12)
+
+
+def test_sinkhorn_plan_is_doubly_stochastic_and_matches_pot():
+    Q, K, V, _, _ = _params(2, 3)
+    x = torch.randn(60, 2, dtype=DT)
+    from lib.attention import sinkhorn_attention
+    res = sinkhorn_attention(x @ _t(Q).T, x @ _t(K).T, x @ _t(V).T, beta=1.0, tol=1e-12)
+    P = res.plan.numpy()
+    assert np.abs(P.sum(0) - 1).max() < 1e-10 and np.abs(P.sum(1) - 1).max() < 1e-10
+    M = -((x @ _t(Q).T) @ (x @ _t(K).T).T).numpy()
+    a = np.full(60, 1 / 60)
+    P_ot = ot.sinkhorn(a, a, M - M.min(), reg=1.0, stopThr=1e-13, numItermax=100000) * 60
+    assert np.abs(P - P_ot).max() < 1e-8
+    F = pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), variant="sinkhorn")
+    assert torch.allclose(F.mean(0), x.mean(0) @ _t(V).T, atol=1e-10)   # dm/dt = V m
+
+
+def test_sphere_velocity_is_tangent():
+    x = torch.nn.functional.normalize(torch.randn(3, 20, 4, dtype=DT), dim=-1)
+    v = pde.sphere_velocity(x, beta=2.0)
+    assert (v * x).sum(-1).abs().max() < 1e-13
+
+
+# ------------------------------------------------------------------ RK4
+
+def test_rk4_order_on_linear_ode():
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((3, 3))
+    x0 = torch.randn(5, 3, dtype=DT)
+    exact = x0.numpy() @ expm(M).T
+    errs = []
+    for n in (10, 20, 40):
+        xT = pde.rk4(lambda t, x: x @ _t(M).T, x0, t1=1.0, n_steps=n).numpy()
+        errs.append(np.abs(xT - exact).max())
+    orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all((orders > 3.8) & (orders < 4.2)), orders
+
+
+def test_rk4_time_dependent_and_saving():
+    times, xs = pde.rk4(lambda t, x: torch.full_like(x, 2 * t), torch.zeros(1, dtype=DT), t1=1.0, n_steps=4, save_every=2)
+    assert torch.allclose(times, torch.tensor([0.0, 0.5, 1.0], dtype=DT))
+    assert abs(xs[-1].item() - 1.0) < 1e-14   # x = t^2, integrated exactly by RK4
+
+
+# ------------------------------------------------------------------ Gaussian closure vs Monte Carlo
+
+@pytest.mark.parametrize("variant", ["softmax", "l2", "multihead"])
+def test_closed_form_field_matches_monte_carlo(variant):
+    """E_y[w(x, y) V y] / E_y[w(x, y)] with y ~ N(m, S) by Monte Carlo at fixed queries x."""
+    Q, K, V, S, m = _params(2, 4)
+    if variant == "multihead":
+        Q, K, V = pde.split_heads(Q, K, V, 2)
+    B, c = pde.affine_field(m, S, Q=Q, K=K, V=V, variant=variant)
+    rng = np.random.default_rng(1)
+    y = m + rng.standard_normal((400_000, 2)) @ np.linalg.cholesky(S).T
+    xq = np.array([[0.3, -0.4], [-0.5, 0.2], [0.0, 0.0]])
+    heads = [(Q[h], K[h], V[h]) for h in range(2)] if variant == "multihead" else [(Q, K, V)]
+    mc = 0.0
+    for Qh, Kh, Vh in heads:
+        if variant == "l2":
+            logw = -(((xq @ Qh.T)[:, None, :] - (y @ Kh.T)[None]) ** 2).sum(-1)
+        else:
+            logw = (xq @ Qh.T) @ (y @ Kh.T).T
+        w = np.exp(logw - logw.max(1, keepdims=True))
+        mc = mc + (w @ y) / w.sum(1, keepdims=True) @ Vh.T
+    closed = xq @ B.T + c
+    assert np.abs(mc - closed).max() < 0.02
+
+
+def test_sinkhorn_closure_scalar_case():
+    """d = 1: the Gaussian entropic plan has cross-covariance c solving a = c / (s^2 - c^2)."""
+    a, s, v = 0.7, 1.3, -0.4
+    B, c0 = pde.affine_field(np.array([0.2]), np.array([[s]]), Q=np.array([[1.0]]), K=np.array([[a]]),
+                             V=np.array([[v]]), variant="sinkhorn")
+    c = (-1 + math.sqrt(1 + 4 * a * a * s * s)) / (2 * a)
+    assert abs(B[0, 0] - v * c / s) < 1e-12
+    assert abs(B[0, 0] * 0.2 + c0[0] - v * 0.2) < 1e-12   # mean velocity V m
+
+
+def test_covariance_rhs_softmax_formula():
+    Q, K, V, S, _ = _params(3, 5)
+    A = K.T @ Q
+    assert np.allclose(pde.covariance_rhs(S, Q=Q, K=K, V=V), V @ S @ A @ S + S @ A.T @ S @ V.T, atol=1e-13)
+    m = np.ones(3)
+    assert np.allclose(pde.mean_rhs(m, S, Q=Q, K=K, V=V), V @ (np.eye(3) + S @ A) @ m, atol=1e-13)
+
+
+# ------------------------------------------------------------------ exact solutions
+
+def test_exact_solution_matches_integrator_and_rk4():
+    Q, K, _, S0, _ = _params(3, 6)
+    A = K.T @ Q
+    ts = np.linspace(0, 0.5 * min(pde.blowup_time(S0, A), 1.0), 5)
+    tr = pde.evolve_covariance(S0, Q=Q, K=K, V=np.eye(3), t_max=ts[-1], t_eval=ts, method="DOP853", rtol=1e-12, atol=1e-14)
+    ex = pde.exact_covariance_identity_v(S0, A, ts)
+    assert np.abs(tr.S - ex).max() < 1e-9
+    f = lambda t, S: S @ _t(A + A.T) @ S
+    S_rk = pde.rk4(f, _t(S0), t1=ts[-1], n_steps=200).numpy()
+    assert np.abs(S_rk - ex[-1]).max() < 1e-8
+
+
+def test_schur_limit_and_blowup_time():
+    Q, K, _, S0, _ = _params(3, 7)
+    q = Q[:1]
+    Sinf = pde.schur_limit(S0, q)
+    assert np.linalg.matrix_rank(Sinf, tol=1e-10) == 2 and np.abs(q @ Sinf).max() < 1e-12
+    assert np.abs(pde.exact_covariance_identity_v(S0, -q.T @ q, 1e9) - Sinf).max() < 1e-7
+    A = np.eye(3)
+    ts = pde.blowup_time(S0, A)
+    assert abs(ts - 1 / (2 * np.linalg.eigvalsh(S0).max())) < 1e-12
+    tr = pde.evolve_covariance(S0, Q=np.eye(3), K=np.eye(3), V=np.eye(3), t_max=10.0, stop_trace=1e7, rtol=1e-11, atol=1e-12)
+    assert tr.status == "blow-up" and abs(tr.t[-1] - ts) / ts < 1e-5
+    assert pde.blowup_time(S0, -np.eye(3)) == math.inf
+
+
+def test_convergence_event_and_psd():
+    Q, _, _, S0, _ = _params(2, 8)
+    tr = pde.evolve_covariance(S0, Q=Q, K=-Q, V=np.eye(2), t_max=1e6, stop_rhs=1e-6)
+    assert tr.status == "converged" and tr.psd_violation < 1e-10
+    assert np.linalg.norm(pde.covariance_rhs(tr.final, Q=Q, K=-Q, V=np.eye(2))) < 2e-6
+
+
+def test_gaussian_flow_characteristics_consistent():
+    Q, K, V, S0, m0 = _params(2, 9)
+    fl = pde.gaussian_flow(m0, S0, Q=Q, K=K, V=V, t_eval=np.array([0.0, 0.1, 0.2]))
+    # S(t) = Phi S0 Phi^T for an affine flow
+    assert np.abs(fl.Phi[-1] @ S0 @ fl.Phi[-1].T - fl.S[-1]).max() < 1e-9
+    assert np.allclose(fl.transport(m0[None]), fl.m[-1])
+
+
+def test_cone_coordinates_roundtrip_and_grid():
+    g = pde.covariance_grid(5, radius=0.5)
+    assert g.shape == (25, 2, 2) and np.all(np.linalg.eigvalsh(g)[:, 0] > 0)
+    z = pde.cone_coordinates(g)
+    assert np.allclose(z[:, 2], 1.0) and np.allclose(pde.from_cone_coordinates(z), g)
+    u = np.array([0.6, 0.8])
+    assert abs(np.linalg.norm(pde.disk_coordinates(np.outer(u, u))) - 1) < 1e-12
+
+
+def test_helpers():
+    x0 = np.random.default_rng(0).standard_normal((50, 2))
+    assert pde.affine_fit_residual(x0, x0 @ np.array([[1, 2], [3, 4.0]]) + 1) < 1e-12
+    n = np.array([10, 100, 1000])
+    assert abs(pde.loglog_slope(n, n ** -0.5) + 0.5) < 1e-12
+    tr = pde.CovarianceTrajectory(t=np.array([0.0, 1.0, 2.0]), S=np.array([np.eye(2) * s for s in (0.5, 5, 50)]),
+                                  status="t_max", psd_violation=0.0, nfev=0)
+    assert np.allclose(pde.trace_crossing_times(tr, np.array([10.0, 1e3])), [1.0, np.nan], equal_nan=True)
+    assert pde.numerical_rank(np.diag([1.0, 1e-3, 1e-9]), threshold=1e-6) == 2
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_bad_inputs_raise_clear_errors():
+    Q, K, V, S, m = _params(2, 10)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        pde.affine_field(m, np.array([[1.0, 0.0], [0.0, -1.0]]), Q=Q, K=K, V=V)
+    with pytest.raises(ValueError, match="symmetric"):
+        pde.covariance_rhs(np.array([[1.0, 0.5], [0.0, 1.0]]), Q=Q, K=K, V=V)
+    with pytest.raises(ValueError, match="non-finite"):
+        pde.evolve_covariance(np.array([[np.nan, 0], [0, 1.0]]), Q=Q, K=K, V=V, t_max=1.0)
+    with pytest.raises(ValueError, match="invertible"):
+        pde.covariance_rhs(S, Q=np.array([[1.0, 0.0]]), K=np.array([[1.0, 0.0]]), V=V, variant="sinkhorn")
+    with pytest.raises(ValueError, match="variant"):
+        pde.affine_field(m, S, Q=Q, K=K, V=V, variant="sigmoid")
+    with pytest.raises(ValueError, match="non-finite"):
+        pde.particle_velocity(torch.tensor([[math.nan, 0.0]], dtype=DT), Q=_t(Q), K=_t(K), V=_t(V))
+    with pytest.raises(ValueError, match="causal"):
+        pde.particle_velocity(torch.randn(5, 2, dtype=DT), Q=_t(Q), K=_t(K), V=_t(V), variant="sinkhorn", causal=True)
+    with pytest.raises(ValueError, match="V must"):
+        pde.particle_velocity(torch.randn(5, 2, dtype=DT), Q=_t(Q), K=_t(K), V=torch.eye(3, dtype=DT))
+    with pytest.raises(ValueError, match="blow-up"):
+        pde.exact_covariance_identity_v(S, np.eye(2), 1e3)
+    with pytest.raises(TypeError):
+        pde.rk4(lambda t, x: x, np.zeros(2), t1=1.0, n_steps=3)
+    with pytest.raises(ValueError, match="t0 < t1"):
+        pde.rk4(lambda t, x: x, torch.zeros(2, dtype=DT), t1=0.0, n_steps=3)

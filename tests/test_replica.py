@@ -1,0 +1,80 @@
+"""Tests of lib.replica (Gaussian pseudo-likelihood learning curves, chapter 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+
+from lib import replica as R
+
+
+def test_goe_and_precision():
+    g = torch.Generator().manual_seed(0)
+    O = R.goe(50, generator=g)
+    assert torch.equal(O, O.T)
+    K = R.gaussian_potts_precision(50, nu=3.0, generator=g)
+    assert float(torch.linalg.eigvalsh(K)[0]) > 0
+
+
+def test_sample_gaussian_covariance():
+    K = R.gaussian_potts_precision(5, generator=torch.Generator().manual_seed(1))
+    x = R.sample_gaussian(K, 200_000, generator=torch.Generator().manual_seed(2))
+    cov = x.T @ x / x.shape[0]
+    assert float((cov - torch.linalg.inv(K)).abs().max()) < 0.01
+
+
+def test_site_problems_are_the_gaussian_conditionals():
+    K = R.gaussian_potts_precision(6, generator=torch.Generator().manual_seed(3))
+    Sig = torch.linalg.inv(K)
+    P = R.site_problems(K)
+    i = 2
+    rest = [j for j in range(6) if j != i]
+    w_ref = torch.linalg.solve(Sig[rest][:, rest], Sig[rest, i])      # regression coefficients
+    s2_ref = Sig[i, i] - Sig[i, rest] @ w_ref                          # conditional variance
+    assert torch.allclose(P.w_star[i], w_ref, atol=1e-12)
+    assert abs(float(P.sigma2[i] - s2_ref)) < 1e-12
+    assert torch.allclose(P.S[i], Sig[rest][:, rest])
+
+
+def test_ridge_fit_matches_sklearn():
+    K = R.gaussian_potts_precision(8, generator=torch.Generator().manual_seed(4))
+    x = R.sample_gaussian(K, 30, generator=torch.Generator().manual_seed(5))
+    lam = 0.05
+    W = R.ridge_fit_all_sites(x, lam)
+    xn = x.numpy()
+    for i in (0, 5):
+        rest = [j for j in range(8) if j != i]
+        ref = Ridge(alpha=lam * 30, fit_intercept=False).fit(xn[:, rest], xn[:, i]).coef_
+        assert np.allclose(W[i].numpy(), ref, atol=1e-10)
+
+
+def test_kappa_fixed_point_and_isotropic_limit():
+    s = np.ones(50)
+    k = R.ridge_kappa(s, 200.0, 1e-3)
+    assert abs(k - 1e-3 - (k / 200) * np.sum(s / (s + k))) < 1e-12
+    # isotropic features, tiny ridge, n = 4p: eps = sigma^2 / (1 - p/n) (+ vanishing bias)
+    eps = R.ridge_generalization_error(s, np.zeros(50), 0.5, 200.0, 1e-9)
+    assert abs(eps - 0.5 / (1 - 50 / 200)) < 1e-6
+
+
+def test_theory_matches_simulation_at_moderate_size():
+    K = R.gaussian_potts_precision(60, generator=torch.Generator().manual_seed(6))
+    alphas = [0.5, 3.0]
+    th = R.theory_learning_curve(K, alphas, 1e-2)
+    sim = R.simulate_learning_curve(K, alphas, 1e-2, repeats=4, generator=torch.Generator().manual_seed(7))
+    assert np.all(np.abs(sim.mean / th - 1) < 0.06)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="positive definite"):
+        R.gaussian_potts_precision(200, nu=0.5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="lam"):
+        R.ridge_kappa(np.ones(3), 10.0, 0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        R.ridge_generalization_error(np.ones(3), np.ones(4), 1.0, 10.0, 0.1)
+    with pytest.raises(TypeError, match="generator"):
+        R.goe(3, generator=None)
+    with pytest.raises(ValueError, match="alpha"):
+        R.theory_learning_curve(torch.eye(3, dtype=torch.float64) * 3, [-1.0], 0.1)
