@@ -306,9 +306,12 @@ def table(chapter: int):
     from IPython.display import Markdown
 
     rows = ["| claim | statement | paper | measured | expected | scale | result |", "|---|---|---|---|---|---|---|"]
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
     for r in results(chapter):
         rows.append(
-            f"| {r.id} | {r.statement} | {r.ref} | {r.measured_text} | {r.expected_text} | {r.scale} | "
+            f"| {r.id} | {cell(r.statement)} | {cell(r.ref)} | {r.measured_text} | {r.expected_text} | {r.scale} | "
             f"{'pass' if r.passed else '**FAIL**'} |"
         )
     if len(rows) == 2:
