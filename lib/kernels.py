@@ -217,18 +217,27 @@ def kernel_attention(
 ) -> Tensor:
     r"""Kernelised attention :math:`y_i = \sum_j \kappa(q_i,k_j) v_j / \sum_l \kappa(q_i,k_l)`.
 
-    Strictly positive kernels are normalised in log space (a softmax of :meth:`Kernel.log_gram`),
+    :class:`ExpDot` and :class:`RBF` run through torch's fused ``scaled_dot_product_attention``
+    (as :func:`lib.attention.softmax_attention` and :func:`lib.attention.l2_attention`). Other
+    strictly positive kernels are normalised in log space (a softmax of :meth:`Kernel.log_gram`),
     so exponential kernels never overflow. Other kernels use the Gram matrix directly; a
     normaliser with :math:`|\sum_l \kappa(q_i,k_l)| < \varepsilon` is replaced by
     :math:`\pm\varepsilon` (sign kept), so signed polynomial kernels cannot divide by zero.
     Masked pairs get weight 0.
     """
-    from .attention import _combined_mask  # shared mask logic
+    from .attention import _combined_mask, l2_attention, softmax_attention
 
     if not isinstance(kernel, Kernel):
         raise TypeError(f"kernel must be a lib.kernels.Kernel, got {type(kernel).__name__}")
     q, k, v = C.qkv(q, k, v)
     eps = C.positive(eps, "eps")
+    # The exponentiated dot product is softmax attention and the Gaussian kernel is L2 attention:
+    # both run through torch's fused scaled_dot_product_attention.
+    if type(kernel) is ExpDot:
+        return softmax_attention(q, k, v, beta=kernel._s(q.shape[-1]), mask=mask, causal=causal)
+    if type(kernel) is RBF:
+        gamma = 1.0 / (2.0 * math.sqrt(q.shape[-1])) if kernel.gamma is None else kernel.gamma
+        return l2_attention(q, k, v, beta=gamma, mask=mask, causal=causal)
     mask = _combined_mask(mask, causal, q.shape[-2], k.shape[-2], q.shape[:-2], q.device)
     if kernel.positive:
         lg = kernel.log_gram(q, k)
