@@ -1,7 +1,8 @@
 """Throughput of the vectorised heat-bath sampler of chapter 2 (lib.potts.heat_bath).
 
 Prints sweeps x chains per second for the chapter's teacher (L = 20, chain + long-range links)
-at C = 10 and C = 20, for a few numbers of chains, on the CPU (and on CUDA when present).
+at C = 10 and C = 20, for a few numbers of chains, on the CPU with one thread and with torch's
+default number of threads (and on CUDA when present).
 Run: ``python benchmarks/bench_potts.py`` (or ``python benchmarks/run.py``).
 """
 
@@ -30,14 +31,18 @@ def bench(C: int, n_chains: int, n_sweeps: int, device: str) -> float:
 
 def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"heat-bath sampler, L = 20, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"{'device':>6} {'C':>3} {'chains':>8} {'sweeps':>6} {'sweeps x chains / s':>20}")
+    default_threads = torch.get_num_threads()
+    print(f"heat-bath sampler, L = 20, torch {torch.__version__}")
+    print(f"{'device':>6} {'threads':>7} {'C':>3} {'chains':>8} {'sweeps':>6} {'sweeps x chains / s':>20}")
     for device in devices:
-        for C in (10, 20):
-            for n_chains in ((1_000, 10_000) if device == "cpu" else (10_000, 100_000)):
-                n_sweeps = 20
-                rate = bench(C, n_chains, n_sweeps, device)
-                print(f"{device:>6} {C:>3} {n_chains:>8} {n_sweeps:>6} {rate:>20.3g}")
+        for threads in sorted({1, default_threads}) if device == "cpu" else [default_threads]:
+            torch.set_num_threads(threads)
+            for C in (10, 20):
+                for n_chains in ((1_000, 10_000) if device == "cpu" else (10_000, 100_000)):
+                    n_sweeps = 20
+                    rate = bench(C, n_chains, n_sweeps, device)
+                    print(f"{device:>6} {threads:>7} {C:>3} {n_chains:>8} {n_sweeps:>6} {rate:>20.3g}")
+    torch.set_num_threads(default_threads)
 
 
 if __name__ == "__main__":
