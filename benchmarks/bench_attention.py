@@ -7,25 +7,13 @@ Prints milliseconds per call for self-attention on N tokens of head dimension d,
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 
 from lib.attention import softmax_attention
 from lib.kernels import ExpDot, kernel_attention
-
-
-def timeit(fn, reps: int = 5) -> float:
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0) / reps
+from lib.timing import time_ms as timeit
 
 
 def plain(q, k, v, beta):

@@ -9,24 +9,12 @@ CPU and, when available, the GPU. Timings only: nothing is asserted.
 
 from __future__ import annotations
 
-import time
 
 import torch
 
 from lib.hardmax import hardmax_layer, padding_mask, run_dynamics, softmax_layer
 from lib.sentiment import HardmaxClassifier
-
-
-def timeit(fn, reps: int = 5) -> float:
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0) / reps
+from lib.timing import time_ms as timeit
 
 
 def epoch_time(dev: str, n_docs: int, n: int, d: int, vocab: int = 8000, batches: int = 20) -> float:
