@@ -390,6 +390,19 @@ def _sinkhorn_guard(Q, K, variant):
                              "use a full-rank Q and K")
 
 
+def _gaussian_inputs(m, S, Q, K, V, variant: str, *, names: tuple[str, str]):
+    """Validate a Gaussian N(m, S) and the attention parameters for a closed-form variant."""
+    _variant(variant, CLOSED_VARIANTS)
+    S = check_covariance(S, names[1])
+    d = S.shape[0]
+    m = np.asarray(m, dtype=float)
+    if m.shape != (d,) or not np.all(np.isfinite(m)):
+        raise ValueError(f"{names[0]} must be a finite vector of shape ({d},), got {m.shape}")
+    Q, K, V = _params_np(Q, K, V, d, variant)
+    _sinkhorn_guard(Q, K, variant)
+    return m, S, Q, K, V
+
+
 def affine_field(m: np.ndarray, S: np.ndarray, *, Q, K, V, variant: str = "softmax") -> tuple[np.ndarray, np.ndarray]:
     r"""The attention field of :math:`\mu=\mathcal N(m,\Sigma)`, which is affine: :math:`\Gamma_\mu(x) = Bx + c`.
 
@@ -410,14 +423,7 @@ def affine_field(m: np.ndarray, S: np.ndarray, *, Q, K, V, variant: str = "softm
     Returns ``(B, c)``. Source: the paper's Gaussian closure (Sec. on Gaussian initial data) and
     the authors' ``rhs_*`` functions; chapter 3, claim 3.1.
     """
-    _variant(variant, CLOSED_VARIANTS)
-    S = check_covariance(S, "S")
-    d = S.shape[0]
-    m = np.asarray(m, dtype=float)
-    if m.shape != (d,) or not np.all(np.isfinite(m)):
-        raise ValueError(f"m must be a finite vector of shape ({d},), got {m.shape}")
-    Q, K, V = _params_np(Q, K, V, d, variant)
-    _sinkhorn_guard(Q, K, variant)
+    m, S, Q, K, V = _gaussian_inputs(m, S, Q, K, V, variant, names=("m", "S"))
     return _field(m, S, Q, K, V, variant)
 
 
@@ -583,14 +589,8 @@ def gaussian_flow(
     pushes forward by an affine map. ``t_eval`` (increasing, starting at 0) are the output times.
     Chapter 3, claims 3.2, 3.3, 3.8.
     """
-    _variant(variant, CLOSED_VARIANTS)
-    S0 = check_covariance(S0, "S0")
+    m0, S0, Q, K, V = _gaussian_inputs(m0, S0, Q, K, V, variant, names=("m0", "S0"))
     d = S0.shape[0]
-    m0 = np.asarray(m0, dtype=float)
-    if m0.shape != (d,) or not np.all(np.isfinite(m0)):
-        raise ValueError(f"m0 must be a finite vector of shape ({d},), got {m0.shape}")
-    Q, K, V = _params_np(Q, K, V, d, variant)
-    _sinkhorn_guard(Q, K, variant)
     t_eval = np.asarray(t_eval, dtype=float)
     if t_eval.ndim != 1 or t_eval[0] != 0.0 or np.any(np.diff(t_eval) <= 0):
         raise ValueError("t_eval must be increasing and start at 0")

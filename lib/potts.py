@@ -30,7 +30,6 @@ Used by chapter 2 (``chapters/ch2_potts.md``).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -230,11 +229,10 @@ def chain_couplings(L: int, *, nn1: float = 1.0, nn2: float = 0.5, long_range: f
 
 def random_colour_couplings(C_: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
     r"""Random symmetric colour couplings :math:`U = (G + G^\top)/\sqrt2`, :math:`G_{ab}\sim\mathcal N(0,1)`."""
+    from .replica import goe  # the same symmetric Gaussian ensemble
+
     C.positive_int(C_, "C")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError("generator must be a torch.Generator")
-    G = torch.randn(C_, C_, generator=generator, dtype=dtype)
-    return (G + G.T) / math.sqrt(2.0)
+    return goe(C_, generator=generator, dtype=dtype)
 
 
 def one_hot(s: Tensor, C_: int, dtype: torch.dtype = torch.float64) -> Tensor:
