@@ -17,6 +17,8 @@ with :func:`pick`::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -60,3 +62,39 @@ def describe() -> str:
     dev = device()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return f"scale = {scale()!r}, device = {name}, torch {torch.__version__}"
+
+
+def cache_dir() -> Path | None:
+    """Folder of the resumable paper-scale cache, or ``None`` when caching is off.
+
+    Caching is on at paper scale only: ``$BOOK_PAPER_CACHE`` when set (``tools/paper_run.py``
+    sets it per chapter and wipes it when the chapter's sources change), else
+    ``<repository>/_build/paper-cache``.
+    """
+    if not is_paper():
+        return None
+    env = os.environ.get("BOOK_PAPER_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "_build" / "paper-cache"
+
+
+def cached(name: str, fn: Callable[[], T]) -> T:
+    """Return ``fn()``, computed once per paper-scale run of a section and kept on disk.
+
+    At paper scale a long section wraps its computation as ``res = cached("ch3-particles", run)``
+    so that an interrupted run resumes from the sections it has finished. At CI scale this is
+    just ``fn()``. ``name`` must be unique in the book (prefix it with the chapter).
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"cache name must be a non-empty string without '/', got {name!r}")
+    d = cache_dir()
+    if d is None:
+        return fn()
+    path = d / f"{name}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    out = fn()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(out, tmp)
+    tmp.replace(path)
+    return out

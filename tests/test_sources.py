@@ -26,3 +26,19 @@ def test_chapters_check_claims_and_never_touch_sys_path():
         assert f"begin_chapter({n})" in text, ch.name
         assert re.search(rf"check\(\s*[\"']{n}\.\d+", text), f"{ch.name} checks no claim"
         assert "sys.path" not in text and "matplotlib.use" not in text, ch.name
+
+
+LABELS = {1: "ch-probabilistic", 2: "ch-potts", 3: "ch-pde", 4: "ch-kernel-machines", 5: "ch-hardmax", 6: "ch-lenses"}
+
+
+def test_claims_have_targets_and_chapters_link_to_each_other():
+    """Each claim number has its `(claim-N-k)=` target; each chapter links to two others at least."""
+    for ch in CHAPTERS:
+        text = ch.read_text()
+        n = int(re.match(r"ch(\d+)_", ch.name).group(1))
+        ids = set(re.findall(rf"check\(\s*[\"']({n}\.\d+)[a-z]?[\"']", text))
+        missing = [i for i in sorted(ids) if f"(claim-{i.replace('.', '-')})=" not in text]
+        assert not missing, f"{ch.name}: no target for claims {missing}"
+        others = {m for m, label in LABELS.items() if m != n and f"<{label}>" in text or f"`{label}`" in text}
+        others.discard(n)
+        assert len(others) >= 2, f"{ch.name} links to chapters {sorted(others)} only"

@@ -1,0 +1,151 @@
+"""Run chapters at the papers' scale and record their claims with provenance.
+
+    python tools/paper_run.py                 # every chapter
+    python tools/paper_run.py --chapter 3     # one chapter (also: make paper CHAPTER=3)
+
+Each chapter's jupytext source is executed cell by cell in a Jupyter kernel with
+``BOOK_SCALE=paper``. Its claim records, the git commit, whether the tree was clean, the date, the
+device (CPU model and threads, or GPU), the torch version and the wall time per chapter and per
+section are written to ``results/paper/chapter-<N>.json``, which is committed. Sections that wrap
+their work in :func:`lib.scale.cached` resume from ``_build/paper-cache/ch<N>/`` after an
+interruption; the cache is wiped when the chapter's sources change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib.provenance import chapter_source, chapter_sources  # noqa: E402
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def _device() -> dict:
+    import torch
+
+    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
+    if torch.cuda.is_available():
+        info["device"] = f"GPU: {torch.cuda.get_device_name(0)}"
+    else:
+        model = platform.processor() or "CPU"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        info["device"] = f"CPU: {model}, {os.cpu_count()} cores"
+    info["threads"] = torch.get_num_threads()
+    return info
+
+
+def _stamp(chapter: int) -> str:
+    h = hashlib.sha256()
+    for rel in chapter_sources(chapter):
+        h.update(rel.encode())
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()
+
+
+def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
+    import jupytext
+    from nbclient import NotebookClient
+
+    src = chapter_source(chapter)
+    cache = ROOT / "_build" / "paper-cache" / f"ch{chapter}"
+    stamp = _stamp(chapter)
+    stamp_file = cache / "STAMP"
+    if cache.exists() and (not stamp_file.exists() or stamp_file.read_text() != stamp):
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp)
+
+    claims_tmp = Path(tempfile.mkdtemp(prefix=f"paper-claims-{chapter}-"))
+    env_before = {k: os.environ.get(k) for k in ("BOOK_SCALE", "BOOK_CLAIMS_DIR", "BOOK_PAPER_CACHE")}
+    os.environ.update(BOOK_SCALE="paper", BOOK_CLAIMS_DIR=str(claims_tmp), BOOK_PAPER_CACHE=str(cache))
+    commit = _git("rev-parse", "HEAD")
+    clean = _git("status", "--porcelain", "--untracked-files=no") == ""
+    nb = jupytext.read(src)
+    workdir = Path(tempfile.mkdtemp(prefix=f"paper-run-{chapter}-"))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    sections: dict[str, float] = {}
+    section = "(start)"
+    t0 = time.perf_counter()
+    error = None
+    try:
+        with client.setup_kernel():
+            for i, cell in enumerate(nb.cells):
+                if cell.cell_type == "markdown":
+                    for line in cell.source.splitlines():
+                        if line.startswith("## "):
+                            section = line[3:].strip()
+                            print(f"[chapter {chapter}] {section}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                    continue
+                if cell.cell_type != "code":
+                    continue
+                t = time.perf_counter()
+                client.execute_cell(cell, i)
+                sections[section] = sections.get(section, 0.0) + time.perf_counter() - t
+    except Exception as e:  # noqa: BLE001 - the record says what broke
+        error = f"{type(e).__name__}: {str(e)[-2000:]}"
+        print(f"[chapter {chapter}] stopped: {error}", flush=True)
+    wall = time.perf_counter() - t0
+    for k, v in env_before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    claims_file = claims_tmp / f"chapter-{chapter}.json"
+    claims = json.loads(claims_file.read_text())["claims"] if claims_file.exists() else {}
+    record = {
+        "chapter": chapter,
+        "source": str(src.relative_to(ROOT)),
+        "provenance": {
+            "commit": commit,
+            "clean": clean,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "scale": "paper",
+            "wall_s": round(wall, 1),
+            "sections_s": {k: round(v, 1) for k, v in sections.items()},
+            "sources": chapter_sources(chapter),
+            "completed": error is None,
+            "error": error,
+            **_device(),
+        },
+        "claims": claims,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"chapter-{chapter}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    print(f"[chapter {chapter}] {'done' if error is None else 'FAILED'} in {wall:.0f} s, {len(claims)} records", flush=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chapter", type=int, action="append", help="chapter number (repeatable); default: all")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "paper", help="where the records go")
+    ap.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (default: none)")
+    args = ap.parse_args(argv)
+    chapters = args.chapter or sorted(int(p.name[2]) for p in (ROOT / "chapters").glob("ch[0-9]_*.md"))
+    failed = [c for c in chapters if run_chapter(c, args.out, args.timeout)["provenance"]["error"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
