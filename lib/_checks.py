@@ -7,6 +7,7 @@ raises a ``TypeError``/``ValueError`` naming the offending argument instead of r
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -55,9 +56,17 @@ def float_tensor(x: object, name: str, *, min_dim: int = 1, check_finite: bool =
     return t
 
 
+def _real(value: object) -> bool:
+    """A real number of any Python or NumPy type (``np.float32``, ``np.int64``, ...), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
+
 def positive(value: float, name: str) -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Return ``value`` as a float if it is a finite number > 0, else raise ``ValueError``.
+
+    Any real scalar type is accepted (Python ``int``/``float``, NumPy ``float32``/``float64``/ints).
+    """
+    if not _real(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v) or v <= 0.0:
@@ -67,7 +76,7 @@ def positive(value: float, name: str) -> float:
 
 def nonneg(value: float, name: str) -> float:
     """Return ``value`` as a float if it is a finite number >= 0, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _real(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v) or v < 0.0:
@@ -76,12 +85,12 @@ def nonneg(value: float, name: str) -> float:
 
 
 def positive_int(value: int, name: str) -> int:
-    """Return ``value`` if it is an int >= 1, else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Return ``value`` as an ``int`` if it is an integer >= 1 (Python or NumPy integer), else raise."""
+    if not (isinstance(value, numbers.Integral) and _real(value)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    return int(value)
 
 
 def same_dtype(tensors: Sequence[Tensor], names: Sequence[str]) -> None:

@@ -22,7 +22,15 @@ from .norms import layer_norm
 
 Tensor = torch.Tensor
 
-__all__ = ["attention_step", "self_attention_stack", "diameter", "pairwise_distances", "jacobian_asymmetry"]
+__all__ = [
+    "attention_step",
+    "distance_ratios",
+    "self_attention_stack",
+    "diameter",
+    "growth_rate",
+    "pairwise_distances",
+    "jacobian_asymmetry",
+]
 
 
 def attention_step(q: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value_map: Tensor | None = None) -> Tensor:
@@ -38,8 +46,37 @@ def attention_step(q: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value
     return q + eta * softmax_attention(q, x, v, beta=beta)
 
 
+def distance_ratios(
+    q1: Tensor, q2: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value_map: Tensor | None = None
+) -> Tensor:
+    r"""Ratios :math:`\|T(q_1) - T(q_2)\| / \|q_1 - q_2\|` of paired queries through one residual step.
+
+    ``q1``, ``q2`` are ``(n, d)`` (row ``i`` of each forms a pair), ``x`` the fixed keys ``(m, d)``,
+    and :math:`T` is :func:`attention_step` with the same ``beta``, ``eta`` and ``value_map``.
+    With ``value_map=None`` every ratio is at least 1 (chapter 1, claim 1.3); with a general value
+    map it need not be. Returns ``(n,)``.
+    """
+    q1 = C.float_tensor(q1, "q1", min_dim=2)
+    q2 = C.float_tensor(q2, "q2", min_dim=2)
+    if q1.shape != q2.shape:
+        raise ValueError(f"q1 and q2 must have the same shape, got {tuple(q1.shape)} and {tuple(q2.shape)}")
+    before = (q1 - q2).norm(dim=-1)
+    if bool((before == 0).any()):
+        raise ValueError("each pair q1[i], q2[i] must consist of two distinct queries")
+    t1 = attention_step(q1, x, beta=beta, eta=eta, value_map=value_map)
+    t2 = attention_step(q2, x, beta=beta, eta=eta, value_map=value_map)
+    return (t1 - t2).norm(dim=-1) / before
+
+
 def self_attention_stack(
-    x: Tensor, depth: int, *, beta: float, weights: Tensor | None = None, norm: str = "none", eta: float = 1.0,
+    x: Tensor,
+    depth: int,
+    *,
+    beta: float,
+    weights: Tensor | None = None,
+    norm: str = "none",
+    eta: float = 1.0,
+    residual: bool = True,
 ) -> Tensor:
     r"""Apply ``depth`` residual self-attention layers to tokens ``x`` ``(n, d)``; return all states.
 
@@ -47,7 +84,10 @@ def self_attention_stack(
     where ``weights`` is ``(depth, 3, d, d)`` (``None``: identity maps, keys = queries = values).
     ``norm`` is ``"none"`` (no normalisation: the original residual stream), ``"post"``
     (:math:`X \mapsto \mathrm{LN}(X + \eta\,\mathrm{Attn})`, the original Transformer) or ``"pre"``
-    (:math:`X \mapsto X + \eta\,\mathrm{Attn}(\mathrm{LN}(X))`). Returns ``(depth + 1, n, d)``.
+    (:math:`X \mapsto X + \eta\,\mathrm{Attn}(\mathrm{LN}(X))`). ``residual=False`` drops the
+    residual connection, :math:`X \mapsto \eta\,\mathrm{Attn}(\cdot)` (with identity maps and
+    ``eta=1`` the Hopfield update of every token: a convex combination, so the cloud cannot
+    expand). Returns ``(depth + 1, n, d)``.
     """
     x = C.float_tensor(x, "x", min_dim=2)
     C.positive_int(depth, "depth")
@@ -66,7 +106,8 @@ def self_attention_stack(
         else:
             wq, wk, wv = weights[layer]
             q, k, v = h @ wq.T, h @ wk.T, h @ wv.T
-        x = x + eta * softmax_attention(q, k, v, beta=beta)
+        out = eta * softmax_attention(q, k, v, beta=beta)
+        x = x + out if residual else out
         if norm == "post":
             x = layer_norm(x)
         states.append(x)
@@ -84,6 +125,22 @@ def pairwise_distances(x: Tensor) -> Tensor:
 def diameter(x: Tensor) -> Tensor:
     """Diameter :math:`\\max_{i,j}\\|x_i - x_j\\|` of the token cloud(s) ``x`` ``(..., n, d)``."""
     return pairwise_distances(x).amax(dim=-1)
+
+
+def growth_rate(diameters: Tensor, *, start: int = 0) -> Tensor:
+    r"""Mean log growth per layer, :math:`\log(D_L / D_s) / (L - s)`, of diameters ``(..., L + 1)``.
+
+    ``diameters[..., l]`` is the diameter after layer ``l`` (as from :func:`diameter` applied to
+    :func:`self_attention_stack`), :math:`s` = ``start``. A geometric growth :math:`D_l = D_0 r^l`
+    gives :math:`\log r`; a cloud that does not grow gives a value :math:`\le 0`.
+    """
+    diameters = C.float_tensor(diameters, "diameters")
+    n_layers = diameters.shape[-1] - 1
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < n_layers:
+        raise ValueError(f"start must be an int in [0, {n_layers}), got {start!r}")
+    if bool((diameters[..., [start, -1]] <= 0).any()):
+        raise ValueError("diameters at the start and the end must be positive")
+    return torch.log(diameters[..., -1] / diameters[..., start]) / (n_layers - start)
 
 
 def jacobian_asymmetry(f: Callable[[Tensor], Tensor], q: Tensor) -> Tensor:

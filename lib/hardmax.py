@@ -17,19 +17,41 @@ tokens can only shrink. Token :math:`i` is a *leader* at layer :math:`k` when
 
 Ties and tolerances
 -------------------
-The argmax set is computed by :func:`lib.attention.hardmax_weights` with a *relative* tie
-tolerance: :math:`j\in C_i` when :math:`s_{ij}\ge\max_l s_{il}-\tau_i`,
-:math:`\tau_i=\texttt{tie\_rtol}\cdot\max(1,\max_l|s_{il}|)`. The default
-(:func:`default_tie_rtol`) is ``1e-12`` in float64 and ``1e-5`` in float32: well above the
-round-off of a ``d``-term inner product, far below any gap of a generic configuration. Exact ties
-(symmetric configurations, repeated words that share one embedding) are then kept as ties.
+Ties are decided on the *positions*, not on the size of the scores. For row :math:`i` let
+:math:`r` be a maximiser of the scores. Key :math:`j` belongs to :math:`C_i` when
 
-Tokens that converge to a leader eventually come within round-off of it and become numerical ties
-(they "are" the leader). Counting is therefore done on *distinct positions*
-(:func:`distinct_points`, single linkage at ``atol``), and a *strict leader*
+.. math:: \langle A z_i, z_j - z_r\rangle \;\ge\; -\tau\,\|A z_i\|\,\|z_j - z_r\|,
+          \qquad \tau = \texttt{tie\_rtol},
+
+i.e. when :math:`z_j` lies on the supporting hyperplane through :math:`z_r` with normal
+:math:`Az_i` up to an *angle* :math:`\tau`. The difference :math:`z_j-z_r` is formed before the
+inner product, so the test is as accurate for two points :math:`10^{-15}` apart as for two points
+far apart: a follower converging to a leader from inside the hull never enters a tie set,
+however close it gets (a tolerance on the score difference, relative to the scores, lets every
+converged follower in once it is within that tolerance, and the tie point it then attends to
+drifts). The maximiser :math:`r` itself is found with the same accurate pairwise comparisons,
+among the keys whose float score is within round-off of the row maximum. The default
+(:func:`default_tie_rtol`) is ``1e-12`` in float64 and ``1e-5`` in float32: well above the
+round-off of a ``d``-term inner product, far below the angles of a generic configuration. Exact
+ties (symmetric configurations, tokens on one face of the hull, repeated words that share one
+embedding) are kept as ties. On lattice inputs the layer agrees with exact rational arithmetic.
+
+*Coinciding tokens.* Tokens at exactly the same (floating-point) position score identically
+and cannot be told apart. When a tie set spans several distinct positions, the layer therefore
+gives each distinct position the same weight, split equally among the tokens there (in the
+model a token counts once; the two conventions differ only when tokens coincide *and* tie with
+other positions: a follower that has reached its leader to the last bit, or repeated tokens on a
+face of the hull). Within one position, and for :func:`attention_sets`, every token counts.
+
+Tokens that converge to a leader come within round-off of it. Counting is therefore done on
+*distinct positions* (:func:`distinct_points`, single linkage at ``atol``), and a *strict leader*
 (:func:`strict_leaders`) is a leader whose argmax set contains only tokens at its own position.
 A point where a token attends to several distinct leaders with ties (e.g. an edge midpoint) is a
 *tie point*: it satisfies :math:`i\in C_i` in the limit, but it is not a strict leader.
+
+Input rules: ``z`` holds at least one token of dimension at least one; ``A`` must be symmetric
+positive definite (the assumption of the paper's theorem; anything else raises ``ValueError``);
+``alpha`` is any real number type (Python, NumPy or a scalar tensor) greater than 0.
 
 Used by chapter 5 (``chapters/ch5_hardmax.md``) and by :mod:`lib.sentiment`.
 """
@@ -42,7 +64,7 @@ import numpy as np
 import torch
 
 from . import _checks as C
-from .attention import hardmax_weights, softmax_attention
+from .attention import softmax_attention
 
 Tensor = torch.Tensor
 
@@ -86,7 +108,12 @@ def _alpha(alpha: float | Tensor) -> float | Tensor:
 
 
 def _z(z: object) -> Tensor:
-    return C.float_tensor(z, "z", min_dim=2)
+    z = C.float_tensor(z, "z", min_dim=2)
+    if z.shape[-2] == 0:
+        raise ValueError(f"z must hold at least one token, got shape {tuple(z.shape)} (an empty cloud)")
+    if z.shape[-1] == 0:
+        raise ValueError(f"z must have token dimension d >= 1, got shape {tuple(z.shape)}")
+    return z
 
 
 def _A(A: object | None, z: Tensor) -> Tensor | None:
@@ -99,6 +126,12 @@ def _A(A: object | None, z: Tensor) -> Tensor | None:
     if A.shape[0] != d:
         raise ValueError(f"A must be ({d}, {d}) to match tokens of dimension {d}, got {tuple(A.shape)}")
     C.same_dtype([z, A], ["z", "A"])
+    Ad = A.detach()
+    asym = float((Ad - Ad.T).abs().max())
+    if asym > 64 * torch.finfo(A.dtype).eps * max(1.0, float(Ad.abs().max())):
+        raise ValueError(f"A must be symmetric positive definite (the theorem's assumption); max|A - A^T| = {asym:.3g}")
+    if int(torch.linalg.cholesky_ex(0.5 * (Ad + Ad.T)).info) != 0:
+        raise ValueError("A must be symmetric positive definite (the theorem's assumption); A is not positive definite")
     return A
 
 
@@ -108,6 +141,78 @@ def _rtol(tie_rtol: float | None, z: Tensor) -> float:
 
 def _queries(z: Tensor, A: Tensor | None) -> Tensor:
     return z if A is None else z @ A.transpose(-1, -2)
+
+
+def _argmax_sets(qz: Tensor, z: Tensor, rtol: float, mask: Tensor | None) -> Tensor:
+    r"""Boolean ``(..., n, m)``: :math:`j\in C_i`, decided by the angle test of the module docstring.
+
+    ``qz``: queries :math:`Az_i` ``(..., n, d)``; ``z``: keys ``(..., m, d)``. Only keys whose float
+    score is within round-off (plus the angle tolerance) of the row maximum are examined, as a
+    flat list of (row, key) pairs, so the cost stays that of the score matrix in generic cases.
+    """
+    qz, z = qz.detach(), z.detach()
+    n, m, d = qz.shape[-2], z.shape[-2], z.shape[-1]
+    batch = torch.broadcast_shapes(qz.shape[:-2], z.shape[:-2])
+    qf = qz.expand(*batch, n, d).reshape(-1, n, d)
+    zf = z.expand(*batch, m, d).reshape(-1, m, d)
+    s = qf @ zf.transpose(-1, -2)
+    if mask is not None:
+        C.bool_mask(mask, n, m, batch)
+        allowed = mask.expand(*batch, n, m).reshape(-1, n, m)
+        s = s.masked_fill(~allowed, float("-inf"))
+    top = s.max(dim=-1, keepdim=True).values
+    qn = qf.norm(dim=-1, keepdim=True)  # (B, n, 1)
+    zmax = zf.norm(dim=-1).amax(dim=-1, keepdim=True).unsqueeze(-1)  # (B, 1, 1)
+    eps = torch.finfo(s.dtype).eps
+    window = (2.0 * rtol + 8.0 * (d + 2) * eps) * qn * zmax
+    cand = s >= top - window
+    b, i, j = cand.nonzero(as_tuple=True)
+    ref = s.argmax(dim=-1)  # (B, n): a float maximiser, refined below
+    q_e = qf[b, i]
+    qn_e = qn[b, i, 0]
+    row = b * n + i
+    def gaps(ref: Tensor) -> tuple[Tensor, Tensor]:
+        diff = zf[b, j] - zf[b, ref[b, i]]  # formed first: accurate for close points
+        return (q_e * diff).sum(-1), rtol * qn_e * diff.norm(dim=-1)
+
+    for _ in range(32):  # each pass moves the reference strictly up; a few passes suffice
+        D, tol = gaps(ref)
+        beats = D > tol
+        if not bool(beats.any()):
+            break
+        score = torch.where(beats, D, torch.full_like(D, -float("inf")))
+        best = torch.full((qf.shape[0] * n,), -float("inf"), dtype=D.dtype, device=D.device)
+        best = best.scatter_reduce(0, row, score, reduce="amax")
+        pick = beats & (score == best[row])
+        new_ref = ref.reshape(-1).clone()
+        new_ref[row[pick]] = j[pick]  # any maximal beater (ties among them resolved next pass)
+        ref = new_ref.reshape(ref.shape)
+    else:
+        D, tol = gaps(ref)
+    tied = D >= -tol
+    sets = torch.zeros(qf.shape[0], n, m, dtype=torch.bool, device=s.device)
+    sets[b[tied], i[tied], j[tied]] = True
+    return sets.reshape(*batch, n, m)
+
+
+def _tie_weights(sets: Tensor, z: Tensor) -> Tensor:
+    r"""Row weights from the argmax sets: equal weight per distinct (bitwise) position, split equally
+    among the tokens there (module docstring, *coinciding tokens*)."""
+    n, m, d = sets.shape[-2], sets.shape[-1], z.shape[-1]
+    batch = sets.shape[:-2]
+    zf = z.detach().expand(*batch, m, d).reshape(-1, m, d)
+    sf = sets.reshape(-1, n, m)
+    b, i, j = sf.nonzero(as_tuple=True)
+    _, pos = torch.unique(zf.reshape(-1, d), dim=0, return_inverse=True)
+    pos = pos.reshape(zf.shape[0], m)
+    row = b * n + i
+    key = torch.stack([row, pos[b, j]], dim=1)
+    _, grp, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    inv = 1.0 / counts[grp].to(z.dtype)
+    total = torch.zeros(sf.shape[0] * n, dtype=z.dtype, device=z.device).index_add_(0, row, inv)
+    w = torch.zeros(sf.shape, dtype=z.dtype, device=z.device)
+    w[b, i, j] = inv / total[row]
+    return w.reshape(*batch, n, m)
 
 
 def scores(z: Tensor, *, A: Tensor | None = None) -> Tensor:
@@ -126,10 +231,12 @@ def attention_sets(
     r"""Boolean ``(..., n, n)`` membership :math:`[j\in C_i(Z)]` of the hardmax argmax sets.
 
     ``mask`` (boolean, broadcastable to ``(..., n, n)``, ``True`` = may attend) restricts the keys;
-    see :func:`padding_mask`. Ties within ``tie_rtol`` (module docstring) are kept.
+    see :func:`padding_mask`. Ties are decided by the angle test with tolerance ``tie_rtol``
+    (module docstring).
     """
-    s = scores(z, A=A)
-    return hardmax_weights(s, tie_rtol=_rtol(tie_rtol, s), mask=mask) > 0
+    z = _z(z)
+    A = _A(A, z)
+    return _argmax_sets(_queries(z, A), z, _rtol(tie_rtol, z), mask)
 
 
 def hardmax_layer(
@@ -141,20 +248,25 @@ def hardmax_layer(
     Parameters
     ----------
     z
-        Tokens ``(..., n, d)`` (:math:`Z^k`).
+        Tokens ``(..., n, d)`` (:math:`Z^k`), ``n >= 1``, ``d >= 1``.
     alpha
-        Step :math:`\alpha>0` (float or scalar tensor, e.g. a trained parameter).
+        Step :math:`\alpha>0` (Python/NumPy number or scalar tensor, e.g. a trained parameter).
     A
-        Key-query matrix ``(d, d)``, default identity (the setting of the paper's experiments).
+        Symmetric positive definite key-query matrix ``(d, d)``, default identity (the setting of
+        the paper's experiments).
     tie_rtol
-        Relative tie tolerance, default :func:`default_tie_rtol`.
+        Angle tolerance of the tie test, default :func:`default_tie_rtol` (module docstring).
     mask
         Optional boolean attention mask ``(..., n, n)`` (``True`` = may attend).
+
+    The mean over :math:`C_i` weighs distinct positions equally (module docstring, *coinciding
+    tokens*); without coinciding tokens it is the plain mean of the model.
     """
     z = _z(z)
     alpha = _alpha(alpha)
     A = _A(A, z)
-    w = hardmax_weights(_queries(z, A) @ z.transpose(-1, -2), tie_rtol=_rtol(tie_rtol, z), mask=mask)
+    sets = _argmax_sets(_queries(z, A), z, _rtol(tie_rtol, z), mask)
+    w = _tie_weights(sets, z)
     return z + (alpha / (1 + alpha)) * (w @ z - z)
 
 
@@ -493,10 +605,21 @@ def clustering_report(
 def fit_rate(increments: Tensor | np.ndarray, *, lo: float = 1e-9, hi: float = 1e-4) -> float:
     r"""Least-squares slope of :math:`\log\max_i\|z_i^{k+1}-z_i^k\|` against :math:`k` over the layers
     whose increment lies in ``[lo, hi]`` (the geometric tail; the theory predicts
-    :math:`-\log(1+\alpha)`). Raises ``ValueError`` if fewer than 3 layers fall in the window."""
+    :math:`-\log(1+\alpha)`). Raises ``ValueError`` if fewer than 3 layers fall in the window, if
+    ``lo >= hi``, or if an increment is NaN, infinite or negative (a run that blew up or a wrong
+    input, which a window test would silently skip)."""
     inc = increments.detach().cpu().numpy() if isinstance(increments, torch.Tensor) else np.asarray(increments)
     if inc.ndim != 1:
         raise ValueError(f"increments must be 1-D, got shape {inc.shape}")
+    inc = inc.astype(float)
+    lo, hi = C.positive(lo, "lo"), C.positive(hi, "hi")
+    if lo >= hi:
+        raise ValueError(f"need lo < hi, got lo={lo:g}, hi={hi:g}")
+    bad = ~np.isfinite(inc)
+    if bad.any():
+        raise ValueError(f"increments contain {int(bad.sum())} non-finite value(s) (NaN or inf), first at layer {int(np.flatnonzero(bad)[0])}")
+    if (inc < 0).any():
+        raise ValueError("increments must be >= 0 (they are norms)")
     k = np.flatnonzero((inc >= lo) & (inc <= hi))
     if len(k) < 3:
         raise ValueError(f"only {len(k)} layers have increments in [{lo:g}, {hi:g}]")

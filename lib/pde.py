@@ -287,7 +287,14 @@ def split_heads(Q: np.ndarray, K: np.ndarray, V: np.ndarray, n_heads: int, *, sc
     """
     Q, K, V = (np.asarray(a, dtype=float) for a in (Q, K, V))
     C.positive_int(n_heads, "n_heads")
+    if V.ndim != 2 or V.shape[0] != V.shape[1]:
+        raise ValueError(f"V must be square (d, d), got shape {V.shape}")
     d = V.shape[0]
+    if Q.ndim != 2 or Q.shape != K.shape or Q.shape[1] != d:
+        raise ValueError(f"Q and K must both be (r, {d}) with the same shape, got {Q.shape} and {K.shape}")
+    for a, name in ((Q, "Q"), (K, "K"), (V, "V")):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     if d % n_heads:
         raise ValueError(f"d={d} is not divisible by n_heads={n_heads}")
     k = d // n_heads
@@ -336,6 +343,8 @@ def _params_np(Q, K, V, d: int, variant: str):
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     if Q.shape != K.shape or Q.shape[-1] != d or V.shape[-2:] != (d, d):
         raise ValueError(f"shapes do not fit d={d}: Q {Q.shape}, K {K.shape}, V {V.shape}")
+    if variant == "multihead" and V.shape[0] != Q.shape[0]:
+        raise ValueError(f"Q and K have {Q.shape[0]} heads but V has {V.shape[0]} heads")
     return Q, K, V
 
 
@@ -396,8 +405,10 @@ def _gaussian_inputs(m, S, Q, K, V, variant: str, *, names: tuple[str, str]):
     S = check_covariance(S, names[1])
     d = S.shape[0]
     m = np.asarray(m, dtype=float)
-    if m.shape != (d,) or not np.all(np.isfinite(m)):
-        raise ValueError(f"{names[0]} must be a finite vector of shape ({d},), got {m.shape}")
+    if m.shape != (d,):
+        raise ValueError(f"{names[0]} must be a vector of shape ({d},), got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"{names[0]} contains non-finite values (NaN or inf)")
     Q, K, V = _params_np(Q, K, V, d, variant)
     _sinkhorn_guard(Q, K, variant)
     return m, S, Q, K, V
@@ -502,9 +513,15 @@ def evolve_covariance(
 
     A stiff-capable solver (default ``LSODA``; ``Radau``/``BDF``/``DOP853`` also work) on the
     ``d*d`` entries, symmetrised at every evaluation. Terminal events: ``||dS/dt||_F <= stop_rhs``
-    (the authors' stopping rule, "converged") and ``tr S >= stop_trace`` ("blow-up"); otherwise
-    it runs to ``t_max``. ``S0`` must be symmetric PSD (``ValueError`` otherwise); the returned
-    covariances are projected onto the PSD cone and the size of that correction is reported.
+    (the authors' stopping rule, status ``"converged"``) and ``tr S >= stop_trace`` (status
+    ``"blow-up"``); otherwise it runs to ``t_max`` (status ``"t_max"``).
+
+    A finite-time blow-up is always caught: without ``stop_trace`` a guard event stops the
+    integration at :math:`\mathrm{tr}\,\Sigma \ge 10^{12}\max(1, \mathrm{tr}\,\Sigma_0)`, and a
+    solver that fails or returns non-finite states while the trace grows is also reported as
+    ``"blow-up"``, with the trajectory cut at its last finite state (never NaN states past the
+    event). ``S0`` must be symmetric PSD (``ValueError`` otherwise); the returned covariances are
+    projected onto the PSD cone and the size of that correction is reported.
     Chapter 3, claims 3.4 to 3.7.
     """
     _variant(variant, CLOSED_VARIANTS)
@@ -513,6 +530,10 @@ def evolve_covariance(
     Q, K, V = _params_np(Q, K, V, d, variant)
     _sinkhorn_guard(Q, K, variant)
     t_max = C.positive(t_max, "t_max")
+    if t_eval is not None:
+        t_eval = np.asarray(t_eval, dtype=float)
+        if t_eval.ndim != 1 or np.any(np.diff(t_eval) <= 0) or t_eval[0] < 0 or t_eval[-1] > t_max:
+            raise ValueError("t_eval must be increasing, within [0, t_max]")
 
     def rhs_mat(S):
         S = (S + S.T) / 2
@@ -520,41 +541,48 @@ def evolve_covariance(
         return B @ S + S @ B.T
 
     def f(t, y):
-        return rhs_mat(y.reshape(d, d)).ravel()
+        with np.errstate(over="ignore", invalid="ignore"):
+            return rhs_mat(y.reshape(d, d)).ravel()
 
     events = []
     if stop_rhs is not None:
         stop_rhs = C.positive(stop_rhs, "stop_rhs")
 
         def ev_conv(t, y):
-            return np.linalg.norm(rhs_mat(y.reshape(d, d))) - stop_rhs
+            with np.errstate(over="ignore", invalid="ignore"):
+                return np.linalg.norm(rhs_mat(y.reshape(d, d))) - stop_rhs
+
         ev_conv.terminal, ev_conv.direction = True, -1
         events.append(ev_conv)
-    if stop_trace is not None:
-        stop_trace = C.positive(stop_trace, "stop_trace")
+    guard = 1e12 * max(1.0, float(np.trace(S0)))
+    level = guard if stop_trace is None else C.positive(stop_trace, "stop_trace")
 
-        def ev_blow(t, y):
-            return np.trace(y.reshape(d, d)) - stop_trace
-        ev_blow.terminal, ev_blow.direction = True, 1
-        events.append(ev_blow)
-    sol = solve_ivp(f, (0.0, t_max), S0.ravel(), method=method, rtol=rtol, atol=atol, t_eval=t_eval,
-                    events=events or None)
-    if sol.status == -1:
-        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    def ev_blow(t, y):
+        return np.trace(y.reshape(d, d)) - level
+
+    ev_blow.terminal, ev_blow.direction = True, 1
+    events.append(ev_blow)
+    sol = solve_ivp(f, (0.0, t_max), S0.ravel(), method=method, rtol=rtol, atol=atol, t_eval=t_eval, events=events)
     ts, ys = sol.t, sol.y.T
+    finite = np.all(np.isfinite(ys), axis=1)
+    if not finite.all():  # cut at the last finite state
+        k = int(np.argmin(finite))
+        ts, ys = ts[:k], ys[:k]
     status = "t_max"
     if sol.status == 1:
-        k = 0
-        if stop_rhs is not None:
-            if sol.t_events[0].size:
-                status = "converged"
-            k = 1
-        if stop_trace is not None and sol.t_events[k].size:
-            status = "blow-up"
+        conv_fired = stop_rhs is not None and sol.t_events[0].size > 0
+        status = "converged" if conv_fired else "blow-up"
         te = np.concatenate([e for e in sol.t_events if e.size])[:1]
         ye = np.concatenate([e for e in sol.y_events if e.size])[:1]
         if ts.size == 0 or ts[-1] < te[0]:
             ts, ys = np.concatenate([ts, te]), np.concatenate([ys, ye])
+    grew = ts.size > 0 and np.trace(ys[-1].reshape(d, d)) > 1e3 * max(1.0, float(np.trace(S0)))
+    if sol.status == -1 or not finite.all():
+        if not grew:
+            raise RuntimeError(f"solve_ivp failed: {sol.message}")
+        status = "blow-up"
+    if ts.size == 0:
+        raise RuntimeError("solve_ivp returned no finite state")
     Ss, neg = psd_project(ys.reshape(-1, d, d))
     return CovarianceTrajectory(t=ts, S=Ss, status=status, psd_violation=neg, nfev=int(sol.nfev))
 

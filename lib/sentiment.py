@@ -36,7 +36,7 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from . import _checks as C
-from .hardmax import distinct_points, hardmax_layer, padding_mask, softmax_layer, strict_leaders
+from .attention import softmax_attention
+from .hardmax import distinct_points, hardmax_layer, padding_mask, strict_leaders
 
 Tensor = torch.Tensor
 

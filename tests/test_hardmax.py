@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -74,11 +75,15 @@ def test_duplicates_share_weight_uniformly():
     z = torch.tensor([[2.0, 0.0], [2.0, 0.0], [1.0, 0.1]], dtype=D)
     sets = attention_sets(z)
     assert sets[0].tolist() == [True, True, False] and sets[2].tolist() == [True, True, False]
-    # exact-equality ties disappear with a perturbation below the tolerance only if tie_rtol = 0
+    assert torch.allclose(hardmax_layer(z, alpha=1.0)[2], (z[2] + z[0]) / 2, atol=1e-15)
+    # ties are decided on positions: a perturbation of 1e-14 *towards* the query breaks the tie
+    # (as exact arithmetic on the stored values does), one along the supporting line keeps it
     zp = z.clone()
     zp[1, 0] += 1e-14
-    assert attention_sets(zp)[2].tolist() == [True, True, False]
-    assert attention_sets(zp, tie_rtol=0.0)[2].tolist() == [False, True, False]
+    assert attention_sets(zp)[2].tolist() == [False, True, False]
+    zq = z.clone()
+    zq[1] = zq[1] + torch.tensor([-0.1, 1.0], dtype=D) * 1e-3  # moved along the line <q, x> = 2
+    assert attention_sets(zq)[2].tolist() == [True, True, False]
 
 
 def test_convex_combination_lp():
@@ -238,3 +243,124 @@ def test_clustering_report_and_fit_rate():
     # a configuration in mid-flight: followers are neither leaders nor tie points
     mid = classify_limit_points(dyn.trajectory[1])
     assert mid.n_other > 0
+
+
+# --- exact rational reference (issue: ties must not absorb converged followers) -----------------
+
+def exact_run(z0, alpha, layers, A=None):
+    """The model in exact rational arithmetic (fractions.Fraction): argmax sets with exact ties."""
+    z = [tuple(Fraction(c) for c in p) for p in z0]
+    d = len(z[0])
+    A = [[Fraction(int(i == j)) for j in range(d)] for i in range(d)] if A is None else \
+        [[Fraction(c) for c in r] for r in A]
+    a = Fraction(alpha) / (1 + Fraction(alpha))
+    traj = [z]
+    for _ in range(layers):
+        new = []
+        for zi in z:
+            q = [sum(A[r][c] * zi[c] for c in range(d)) for r in range(d)]
+            sc = [sum(q[c] * zj[c] for c in range(d)) for zj in z]
+            top = max(sc)
+            S = [zj for zj, v in zip(z, sc) if v == top]
+            mean = [sum(p[c] for p in S) / len(S) for c in range(d)]
+            new.append(tuple(zi[c] + a * (mean[c] - zi[c]) for c in range(d)))
+        z = new
+        traj.append(z)
+    return traj
+
+
+def max_dev_from_exact(z0, alpha, layers, A=None):
+    zt = torch.tensor([[float(c) for c in p] for p in z0], dtype=D)
+    At = None if A is None else torch.tensor([[float(c) for c in r] for r in A], dtype=D)
+    dyn = run_dynamics(zt, alpha=alpha, layers=layers, A=At)
+    ex = exact_run(z0, Fraction(alpha).limit_denominator(1000), layers, A)
+    ref = torch.tensor([[[float(c) for c in p] for p in zk] for zk in ex], dtype=D)
+    return float((dyn.trajectory - ref).abs().max()), dyn
+
+
+def test_issue_example_tie_point_is_kept_300_layers():
+    """(0.5, 0) converges to the edge midpoint (1, 0) and stays there: the follower (0.5, 0.5)
+    converging to the leader (1, 1) never joins its tie set (bug: it did after ~65 layers)."""
+    z0 = [(1, 1), (1, -1), (0.5, 0), (0.5, 0.5)]
+    dev, dyn = max_dev_from_exact(z0, 0.5, 300)
+    assert dev < 1e-12
+    for k in (60, 70, 100, 300):
+        assert torch.allclose(dyn.trajectory[k, 2], torch.tensor([1.0, 0.0], dtype=D), atol=1e-11)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("z0", [
+    [(1, 1), (1, -1), (0.5, 0), (0.5, 0.5)],                    # the issue's example
+    [(1, 1), (1, -1), (1, 0.5), (0.5, 0), (-1, 0)],             # a follower on the face x = 1 ties
+    [(1, 1), (1, -1), (-1, -1), (-1, 1), (-0.5, 0), (0.5, 0)],  # square with two edge midpoints
+    [(2, 0), (0, 2), (1, 1), (0.5, 0.5), (0.25, 0.75), (-1, -1)],
+])
+def test_lattice_matches_exact_arithmetic(z0, alpha):
+    dev, _ = max_dev_from_exact(z0, alpha, 150)
+    assert dev < 1e-12
+
+
+def test_lattice_random_matches_exact_arithmetic_spd():
+    rng = np.random.default_rng(0)
+    A = [[2, 1], [1, 2]]
+    for _ in range(4):
+        pts = {tuple(int(c) for c in rng.integers(-3, 4, size=2)) for _ in range(7)}
+        z0 = [(Fraction(x, 2), Fraction(y, 2)) for x, y in sorted(pts)]
+        for A_ in (None, A):
+            dev, _ = max_dev_from_exact(z0, 0.5, 120, A_)
+            assert dev < 1e-12, (z0, A_)
+
+
+def test_converged_follower_coinciding_bitwise_does_not_bias_tie_point():
+    # alpha = 1: the follower (0.5, 0.5) lands exactly on (1, 1) in floating point
+    z0 = torch.tensor([[1, 1], [1, -1], [0.5, 0], [0.5, 0.5]], dtype=D)
+    tr = run_dynamics(z0, alpha=1.0, layers=300).trajectory
+    assert torch.equal(tr[-1, 3], z0[0])
+    assert torch.allclose(tr[-1, 2], torch.tensor([1.0, 0.0], dtype=D), atol=1e-15)
+
+
+def test_empty_cloud_and_zero_dimension_raise_valueerror():
+    for z in (torch.zeros(0, 2, dtype=D), torch.zeros(3, 0, 2, dtype=D), torch.zeros(3, 0, dtype=D)):
+        with pytest.raises(ValueError, match="z must"):
+            hardmax_layer(z, alpha=1.0)
+        with pytest.raises(ValueError, match="z must"):
+            attention_sets(z)
+
+
+@pytest.mark.parametrize("A", [
+    torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=D),    # not symmetric
+    torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=D),   # indefinite
+    torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=D),    # singular
+])
+def test_non_spd_A_is_refused(A):
+    z = torch.randn(4, 2, dtype=D)
+    for f in (lambda: hardmax_layer(z, alpha=1.0, A=A), lambda: run_dynamics(z, alpha=1.0, layers=2, A=A),
+              lambda: softmax_layer(z, alpha=1.0, temperature=0.1, A=A)):
+        with pytest.raises(ValueError, match="symmetric positive definite"):
+            f()
+
+
+def test_numpy_scalar_alpha_accepted():
+    z = torch.randn(5, 2, dtype=D)
+    ref = hardmax_layer(z, alpha=0.5)
+    for a in (np.float32(0.5), np.float64(0.5), np.float16(0.5)):
+        assert torch.equal(hardmax_layer(z, alpha=a), ref)
+        assert torch.equal(run_dynamics(z, alpha=a, layers=np.int64(2)).trajectory[1], ref)
+    with pytest.raises(ValueError, match="alpha"):
+        hardmax_layer(z, alpha=np.float32(-1.0))
+    with pytest.raises(TypeError, match="alpha"):
+        hardmax_layer(z, alpha=np.bool_(True))
+
+
+def test_fit_rate_refuses_nan_and_inf():
+    inc = 1e-3 * 0.5 ** np.arange(30)
+    assert fit_rate(inc) == pytest.approx(math.log(0.5), rel=1e-9)
+    for bad in (np.nan, np.inf):
+        x = inc.copy()
+        x[20] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            fit_rate(x)
+        with pytest.raises(ValueError, match="non-finite"):
+            fit_rate(torch.from_numpy(x))
+    with pytest.raises(ValueError, match="lo < hi"):
+        fit_rate(inc, lo=1e-3, hi=1e-5)

@@ -238,3 +238,42 @@ def test_bad_inputs_raise_clear_errors():
         pde.rk4(lambda t, x: x, np.zeros(2), t1=1.0, n_steps=3)
     with pytest.raises(ValueError, match="t0 < t1"):
         pde.rk4(lambda t, x: x, torch.zeros(2, dtype=DT), t1=0.0, n_steps=3)
+
+
+# ------------------------------------------------------------------ regressions (lib issue, bug group 6)
+
+def test_evolve_covariance_stops_at_blowup_instead_of_returning_nan():
+    """S0 = [[1, .3], [.3, .5]], Q = K = V = I blows up at t* = 0.438 < t_max = 10."""
+    S0 = np.array([[1.0, 0.3], [0.3, 0.5]])
+    I2 = np.eye(2)
+    t_star = pde.blowup_time(S0, I2)
+    tr = pde.evolve_covariance(S0, Q=I2, K=I2, V=I2, t_max=10.0)
+    assert np.all(np.isfinite(tr.S)), "states past the blow-up must not be returned"
+    assert tr.status == "blow-up"
+    assert tr.t[-1] <= t_star * (1 + 1e-6) and tr.t[-1] > 0.99 * t_star
+    # with output times the trajectory also stops at the event
+    tr = pde.evolve_covariance(S0, Q=I2, K=I2, V=I2, t_max=10.0, t_eval=np.linspace(0, 10, 101))
+    assert tr.status == "blow-up" and np.all(np.isfinite(tr.S)) and tr.t[-1] < t_star * (1 + 1e-6)
+
+
+def test_multihead_closure_refuses_head_count_mismatch():
+    Qh, Kh, Vh = pde.split_heads(np.eye(4), np.eye(4), np.eye(4), 2)
+    with pytest.raises(ValueError, match="heads"):
+        pde.covariance_rhs(np.eye(4), Q=Qh, K=Kh, V=Vh[:1], variant="multihead")
+    with pytest.raises(ValueError, match="heads"):
+        pde.affine_field(np.zeros(4), np.eye(4), Q=Qh, K=Kh, V=Vh[:1], variant="multihead")
+
+
+def test_split_heads_rejects_non_square_v():
+    with pytest.raises(ValueError, match="V must be square"):
+        pde.split_heads(np.eye(4), np.eye(4), np.ones((4, 3)), 2)
+    with pytest.raises(ValueError, match="Q and K"):
+        pde.split_heads(np.eye(4)[:, :3], np.eye(4), np.eye(4), 2)
+
+
+def test_non_finite_mean_message_names_the_problem():
+    S0 = np.eye(2)
+    with pytest.raises(ValueError, match="non-finite"):
+        pde.affine_field(np.array([np.nan, 0.0]), S0, Q=S0, K=S0, V=S0)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        pde.affine_field(np.zeros(3), S0, Q=S0, K=S0, V=S0)
