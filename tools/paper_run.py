@@ -77,8 +77,11 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
     stamp_file.write_text(stamp)
 
     claims_tmp = Path(tempfile.mkdtemp(prefix=f"paper-claims-{chapter}-"))
-    env_before = {k: os.environ.get(k) for k in ("BOOK_SCALE", "BOOK_CLAIMS_DIR", "BOOK_PAPER_CACHE")}
-    os.environ.update(BOOK_SCALE="paper", BOOK_CLAIMS_DIR=str(claims_tmp), BOOK_PAPER_CACHE=str(cache))
+    keys = ("BOOK_SCALE", "BOOK_CLAIMS_DIR", "BOOK_PAPER_CACHE", "PYTHONPATH")
+    env_before = {k: os.environ.get(k) for k in keys}
+    # the kernel imports this checkout's lib (also from a git worktree beside an editable install)
+    path = os.pathsep.join(p for p in (str(ROOT), env_before["PYTHONPATH"]) if p)
+    os.environ.update(BOOK_SCALE="paper", BOOK_CLAIMS_DIR=str(claims_tmp), BOOK_PAPER_CACHE=str(cache), PYTHONPATH=path)
     commit = _git("rev-parse", "HEAD")
     clean = _git("status", "--porcelain", "--untracked-files=no") == ""
     nb = jupytext.read(src)
