@@ -24,16 +24,24 @@ Tensor = torch.Tensor
 
 __all__ = [
     "attention_step",
-    "distance_ratios",
-    "self_attention_stack",
+    "attention_steps",
     "diameter",
+    "distance_ratios",
     "growth_rate",
-    "pairwise_distances",
     "jacobian_asymmetry",
+    "pairwise_distances",
+    "self_attention_stack",
 ]
 
 
-def attention_step(q: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value_map: Tensor | None = None) -> Tensor:
+def attention_step(
+    q: Tensor,
+    x: Tensor,
+    *,
+    beta: float,
+    eta: float = 1.0,
+    value_map: Tensor | None = None,
+) -> Tensor:
     r"""Residual step :math:`q + \eta\, W_V\,\mathrm{Attn}(q; X, X)` for queries ``q`` ``(n, d)`` over fixed keys ``x`` ``(m, d)``.
 
     With ``value_map=None`` (:math:`W_V = I`, keys as values) this is the gradient step
@@ -42,12 +50,45 @@ def attention_step(q: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value
     q = C.float_tensor(q, "q", min_dim=2)
     x = C.float_tensor(x, "x", min_dim=2)
     eta = C.nonneg(eta, "eta")
-    v = x if value_map is None else x @ C.float_tensor(value_map, "value_map", min_dim=2).T
+    v = (
+        x
+        if value_map is None
+        else x @ C.float_tensor(value_map, "value_map", min_dim=2).T
+    )
     return q + eta * softmax_attention(q, x, v, beta=beta)
 
 
+def attention_steps(
+    q: Tensor,
+    x: Tensor,
+    *,
+    beta: float,
+    steps: int,
+    eta: float = 1.0,
+    value_map: Tensor | None = None,
+) -> Tensor:
+    r"""``steps`` repeated :func:`attention_step` of queries ``q`` ``(n, d)`` over the same keys ``x``.
+
+    Gradient ascent on the one convex :math:`A` of the fixed keys (``value_map=None``). Returns
+    ``(steps + 1, n, d)``, the start included.
+    """
+    C.positive_int(steps, "steps")
+    states = [C.float_tensor(q, "q", min_dim=2)]
+    for _ in range(steps):
+        states.append(
+            attention_step(states[-1], x, beta=beta, eta=eta, value_map=value_map)
+        )
+    return torch.stack(states)
+
+
 def distance_ratios(
-    q1: Tensor, q2: Tensor, x: Tensor, *, beta: float, eta: float = 1.0, value_map: Tensor | None = None
+    q1: Tensor,
+    q2: Tensor,
+    x: Tensor,
+    *,
+    beta: float,
+    eta: float = 1.0,
+    value_map: Tensor | None = None,
 ) -> Tensor:
     r"""Ratios :math:`\|T(q_1) - T(q_2)\| / \|q_1 - q_2\|` of paired queries through one residual step.
 
@@ -59,7 +100,9 @@ def distance_ratios(
     q1 = C.float_tensor(q1, "q1", min_dim=2)
     q2 = C.float_tensor(q2, "q2", min_dim=2)
     if q1.shape != q2.shape:
-        raise ValueError(f"q1 and q2 must have the same shape, got {tuple(q1.shape)} and {tuple(q2.shape)}")
+        raise ValueError(
+            f"q1 and q2 must have the same shape, got {tuple(q1.shape)} and {tuple(q2.shape)}"
+        )
     before = (q1 - q2).norm(dim=-1)
     if bool((before == 0).any()):
         raise ValueError("each pair q1[i], q2[i] must consist of two distinct queries")
@@ -78,34 +121,46 @@ def self_attention_stack(
     eta: float = 1.0,
     residual: bool = True,
 ) -> Tensor:
-    r"""Apply ``depth`` residual self-attention layers to tokens ``x`` ``(n, d)``; return all states.
+    r"""Apply ``depth`` residual self-attention layers to tokens ``x`` ``(..., n, d)``; return all states.
 
     Layer :math:`\ell` maps :math:`X \mapsto X + \eta\,\mathrm{Attn}(X W_Q^\ell{}^\top, X W_K^\ell{}^\top, X W_V^\ell{}^\top)`
-    where ``weights`` is ``(depth, 3, d, d)`` (``None``: identity maps, keys = queries = values).
+    where ``weights`` is ``(depth, 3, d, d)``, or ``(..., depth, 3, d, d)`` with the batch shape of
+    ``x`` for one set of maps per cloud (``None``: identity maps, keys = queries = values). Leading
+    dimensions of ``x`` are independent clouds, run together.
     ``norm`` is ``"none"`` (no normalisation: the original residual stream), ``"post"``
     (:math:`X \mapsto \mathrm{LN}(X + \eta\,\mathrm{Attn})`, the original Transformer) or ``"pre"``
     (:math:`X \mapsto X + \eta\,\mathrm{Attn}(\mathrm{LN}(X))`). ``residual=False`` drops the
     residual connection, :math:`X \mapsto \eta\,\mathrm{Attn}(\cdot)` (with identity maps and
     ``eta=1`` the Hopfield update of every token: a convex combination, so the cloud cannot
-    expand). Returns ``(depth + 1, n, d)``.
+    expand). Returns ``(depth + 1, ..., n, d)``.
     """
     x = C.float_tensor(x, "x", min_dim=2)
     C.positive_int(depth, "depth")
     if norm not in ("none", "post", "pre"):
         raise ValueError(f"norm must be 'none', 'post' or 'pre', got {norm!r}")
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
     d = x.shape[-1]
     if weights is not None:
         weights = C.float_tensor(weights, "weights", min_dim=4)
-        if weights.shape != (depth, 3, d, d):
-            raise ValueError(f"weights must have shape ({depth}, 3, {d}, {d}), got {tuple(weights.shape)}")
+        batch = tuple(x.shape[:-2])
+        if tuple(weights.shape[-4:]) != (depth, 3, d, d) or tuple(
+            weights.shape[:-4]
+        ) not in ((), batch):
+            raise ValueError(
+                f"weights must have shape ({depth}, 3, {d}, {d}) or {batch + (depth, 3, d, d)}, "
+                f"got {tuple(weights.shape)}"
+            )
     states = [x]
     for layer in range(depth):
         h = layer_norm(x) if norm == "pre" else x
         if weights is None:
             q = k = v = h
         else:
-            wq, wk, wv = weights[layer]
-            q, k, v = h @ wq.T, h @ wk.T, h @ wv.T
+            w = weights[..., layer, :, :, :].transpose(
+                -1, -2
+            )  # (..., 3, d, d), transposed maps
+            q, k, v = h @ w[..., 0, :, :], h @ w[..., 1, :, :], h @ w[..., 2, :, :]
         out = eta * softmax_attention(q, k, v, beta=beta)
         x = x + out if residual else out
         if norm == "post":
@@ -136,7 +191,11 @@ def growth_rate(diameters: Tensor, *, start: int = 0) -> Tensor:
     """
     diameters = C.float_tensor(diameters, "diameters")
     n_layers = diameters.shape[-1] - 1
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < n_layers:
+    if (
+        isinstance(start, bool)
+        or not isinstance(start, int)
+        or not 0 <= start < n_layers
+    ):
         raise ValueError(f"start must be an int in [0, {n_layers}), got {start!r}")
     if bool((diameters[..., [start, -1]] <= 0).any()):
         raise ValueError("diameters at the start and the end must be positive")
@@ -152,4 +211,6 @@ def jacobian_asymmetry(f: Callable[[Tensor], Tensor], q: Tensor) -> Tensor:
     """
     q = C.float_tensor(q, "q", min_dim=2)
     jac = torch.func.vmap(torch.func.jacrev(f))(q)
-    return torch.linalg.matrix_norm(jac - jac.transpose(-1, -2)) / torch.linalg.matrix_norm(jac)
+    return torch.linalg.matrix_norm(
+        jac - jac.transpose(-1, -2)
+    ) / torch.linalg.matrix_norm(jac)

@@ -24,7 +24,14 @@ from . import _checks as C
 
 Tensor = torch.Tensor
 
-__all__ = ["log_normalizer", "lse", "gibbs", "log_normalizer_grad", "log_normalizer_hessian", "infonce_loss"]
+__all__ = [
+    "gibbs",
+    "infonce_loss",
+    "log_normalizer",
+    "log_normalizer_grad",
+    "log_normalizer_hessian",
+    "lse",
+]
 
 
 def _qx(q: Tensor, x: Tensor, beta: float) -> tuple[Tensor, Tensor, float]:
@@ -33,9 +40,13 @@ def _qx(q: Tensor, x: Tensor, beta: float) -> tuple[Tensor, Tensor, float]:
     C.same_dtype([q, x], ["q", "x"])
     beta = C.positive(beta, "beta")
     if q.shape[-1] != x.shape[-1]:
-        raise ValueError(f"q and the keys x must share the last dimension, got {tuple(q.shape)} and {tuple(x.shape)}")
+        raise ValueError(
+            f"q and the keys x must share the last dimension, got {tuple(q.shape)} and {tuple(x.shape)}"
+        )
     if x.dim() > 2 and x.shape[:-2] != q.shape[:-1]:
-        raise ValueError(f"batched keys x {tuple(x.shape)} must have batch shape {tuple(q.shape[:-1])}")
+        raise ValueError(
+            f"batched keys x {tuple(x.shape)} must have batch shape {tuple(q.shape[:-1])}"
+        )
     return q, x, beta
 
 
@@ -73,13 +84,15 @@ def log_normalizer_hessian(q: Tensor, x: Tensor, *, beta: float = 1.0) -> Tensor
     r""":math:`\nabla^2 A(q) = \beta^2\,\mathrm{Cov}_{p_q}[x]`, shape ``(..., d, d)``; positive semi-definite."""
     p = gibbs(q, x, beta=beta)
     xs = x if x.dim() > 2 else x.expand(*p.shape[:-1], *x.shape)
-    mean = (p.unsqueeze(-2) @ xs)  # (..., 1, d)
+    mean = p.unsqueeze(-2) @ xs  # (..., 1, d)
     xc = xs - mean
     cov = xc.transpose(-1, -2) @ (p.unsqueeze(-1) * xc)
     return beta**2 * cov
 
 
-def infonce_loss(q: Tensor, x: Tensor, positive: Tensor, *, beta: float = 1.0) -> Tensor:
+def infonce_loss(
+    q: Tensor, x: Tensor, positive: Tensor, *, beta: float = 1.0
+) -> Tensor:
     r"""InfoNCE loss :math:`-\log p_q(j_+) = A(q) - \beta\, q\cdot x_{j_+}` for each query.
 
     ``positive`` holds the index :math:`j_+` of each query's positive key (integer tensor of the
@@ -87,12 +100,19 @@ def infonce_loss(q: Tensor, x: Tensor, positive: Tensor, *, beta: float = 1.0) -
     its gradient is :math:`\beta(\mathbb E_{p_q}[x] - x_{j_+})`.
     """
     q, x, beta = _qx(q, x, beta)
-    if not isinstance(positive, torch.Tensor) or positive.dtype not in (torch.int64, torch.int32):
+    if not isinstance(positive, torch.Tensor) or positive.dtype not in (
+        torch.int64,
+        torch.int32,
+    ):
         raise TypeError("positive must be an integer tensor of key indices")
     if positive.shape != q.shape[:-1]:
-        raise ValueError(f"positive must have shape {tuple(q.shape[:-1])}, got {tuple(positive.shape)}")
+        raise ValueError(
+            f"positive must have shape {tuple(q.shape[:-1])}, got {tuple(positive.shape)}"
+        )
     n = x.shape[-2]
     if bool(((positive < 0) | (positive >= n)).any()):
         raise ValueError(f"positive indices must lie in [0, {n})")
     logits = _logits(q, x, beta)
-    return torch.logsumexp(logits, -1) - logits.gather(-1, positive.long().unsqueeze(-1)).squeeze(-1)
+    return torch.logsumexp(logits, -1) - logits.gather(
+        -1, positive.long().unsqueeze(-1)
+    ).squeeze(-1)
