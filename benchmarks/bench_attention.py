@@ -30,10 +30,10 @@ def main() -> None:
                 g = torch.Generator(device=dev).manual_seed(0)
                 q, k, v = (torch.randn(n, d, dtype=dtype, device=dev, generator=g) for _ in range(3))
                 beta = 1 / math.sqrt(d)
-                t_lib = timeit(lambda: softmax_attention(q, k, v))
-                t_sdpa = timeit(lambda: F.scaled_dot_product_attention(q, k, v, scale=beta))
-                t_plain = timeit(lambda: plain(q, k, v, beta))
-                t_kern = timeit(lambda: kernel_attention(q, k, v, ExpDot()))
+                t_lib = timeit(lambda q=q, k=k, v=v: softmax_attention(q, k, v))
+                t_sdpa = timeit(lambda q=q, k=k, v=v, b=beta: F.scaled_dot_product_attention(q, k, v, scale=b))
+                t_plain = timeit(lambda q=q, k=k, v=v, b=beta: plain(q, k, v, b))
+                t_kern = timeit(lambda q=q, k=k, v=v: kernel_attention(q, k, v, ExpDot()))
                 print(f"{dev:>6} {str(dtype)[6:]:>8} {d:>3} {n:>6} | {t_lib:8.2f} {t_sdpa:8.2f} {t_plain:8.2f} {t_kern:11.2f}")
 
 

@@ -9,7 +9,6 @@ CPU and, when available, the GPU. Timings only: nothing is asserted.
 
 from __future__ import annotations
 
-
 import torch
 
 from lib.hardmax import hardmax_layer, padding_mask, run_dynamics, softmax_layer
@@ -46,12 +45,12 @@ def main() -> None:
             g = torch.Generator().manual_seed(0)
             z = torch.randn(64, n, d, generator=g).to(dev)
             mask = padding_mask(torch.randint(1, n + 1, (64,), generator=g).to(dev), n)
-            th = timeit(lambda: hardmax_layer(z, alpha=1.0, mask=mask))
-            ts = timeit(lambda: softmax_layer(z, alpha=1.0, temperature=1e-3, mask=mask))
+            th = timeit(lambda z=z, mask=mask: hardmax_layer(z, alpha=1.0, mask=mask))
+            ts = timeit(lambda z=z, mask=mask: softmax_layer(z, alpha=1.0, temperature=1e-3, mask=mask))
             print(f"{dev:>6} {64:>4} {n:>4} {d:>3} | {th:8.3f} {ts:8.3f}")
     for dev in devices:
         z0 = torch.randn(1000, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dev)
-        t = timeit(lambda: run_dynamics(z0, alpha=0.5, layers=100), reps=1)
+        t = timeit(lambda z0=z0: run_dynamics(z0, alpha=0.5, layers=100), reps=1)
         print(f"{dev:>6}: clustering dynamics, n = 1000, d = 8, 100 layers, float64: {t / 1e3:.2f} s")
     for dev in devices:
         for label, n_docs, n in (("CI (Rotten Tomatoes, 8,950 x 20)", 8950, 20), ("paper (IMDb, 35,000 x 128)", 35000, 128)):

@@ -34,7 +34,7 @@ def main() -> None:
     for n, d in [(256, 8), (1024, 8), (1024, 64), (4096, 64)]:
         q, k, v = (torch.randn(4, 4, n, d, generator=g).to(dev) for _ in range(3))
 
-        def run_sdpa():
+        def run_sdpa(q=q, k=k, v=v):
             torch.nn.functional.scaled_dot_product_attention(q, k, v)
             sync()
 
@@ -44,7 +44,7 @@ def main() -> None:
         kernels = [ExpDot(), RBF(), Laplacian(), Polynomial(2), taylor_kernel(4),
                    random_feature_kernel(d, 256, generator=torch.Generator().manual_seed(1))]
         for kern in kernels:
-            def run(kern=kern):
+            def run(kern=kern, q=q, k=k, v=v):
                 kernel_attention(q, k, v, kern)
                 sync()
 

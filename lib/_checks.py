@@ -101,21 +101,31 @@ def same_dtype(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
         raise TypeError(f"dtypes must match ({desc})")
 
 
+def qk(q: object, k: object) -> tuple[Tensor, Tensor]:
+    r"""Validate queries ``(..., n, d)`` and keys ``(..., m, d)``: floating, finite, one dtype,
+    equal batch shapes (no broadcasting, to keep mistakes loud) and a shared last dimension."""
+    q = float_tensor(q, "q", min_dim=2)
+    k = float_tensor(k, "k", min_dim=2)
+    same_dtype([q, k], ["q", "k"])
+    if q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(f"batch shapes of q {tuple(q.shape)} and k {tuple(k.shape)} must match")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share the last dimension, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    return q, k
+
+
 def qkv(q: object, k: object, v: object) -> tuple[Tensor, Tensor, Tensor]:
     r"""Validate query/key/value tensors of shapes ``(..., n, d)``, ``(..., m, d)``, ``(..., m, e)``.
 
-    Batch dimensions must be equal (no broadcasting, to keep mistakes loud).
+    Batch dimensions must be equal (no broadcasting, to keep mistakes loud); at least one key.
     """
-    q = float_tensor(q, "q", min_dim=2)
-    k = float_tensor(k, "k", min_dim=2)
+    q, k = qk(q, k)
     v = float_tensor(v, "v", min_dim=2)
     same_dtype([q, k, v], ["q", "k", "v"])
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+    if k.shape[:-2] != v.shape[:-2]:
         raise ValueError(
             f"batch shapes of q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} must match"
         )
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share the last dimension, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k and v must have the same number of rows (keys), got k {tuple(k.shape)} and v {tuple(v.shape)}")
     if k.shape[-2] == 0:
@@ -126,19 +136,23 @@ def qkv(q: object, k: object, v: object) -> tuple[Tensor, Tensor, Tensor]:
 def bool_mask(mask: object, n: int, m: int, batch: torch.Size) -> Tensor:
     """Validate a boolean attention mask broadcastable to ``batch + (n, m)``; ``True`` = may attend.
 
-    A mask that leaves some query with no key to attend to raises ``ValueError``: the softmax of an
-    empty set is undefined and would silently produce NaN.
+    The mask must end in exactly ``(n, m)`` and broadcast to ``batch + (n, m)`` without enlarging
+    it (no extra leading dimensions). A mask that leaves some query with no key to attend to raises
+    ``ValueError``: the softmax of an empty set is undefined and would silently produce NaN.
     """
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor of dtype bool, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must have dtype torch.bool (True = may attend), got {mask.dtype}")
-    if mask.dim() < 2 or mask.shape[-2:] != (n, m):
+    full = tuple(batch) + (n, m)
+    if mask.dim() < 2 or tuple(mask.shape[-2:]) != (n, m):
         raise ValueError(f"mask must end in shape ({n}, {m}), got {tuple(mask.shape)}")
     try:
-        torch.broadcast_shapes(mask.shape, tuple(batch) + (n, m))
-    except RuntimeError as exc:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(batch) + (n, m)}") from exc
-    if not bool(mask.any(dim=-1).all()):
+        ok = tuple(torch.broadcast_shapes(mask.shape, full)) == full
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {full}")
+    if not _functorch_wrapped(mask) and not bool(mask.any(dim=-1).all()):
         raise ValueError("mask blanks a whole row: some query may attend to no key")
     return mask

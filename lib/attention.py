@@ -14,6 +14,12 @@ weights: :func:`l2_attention` (:math:`\exp(-\beta\|q_i-k_j\|^2)`, chapter 3), :f
 (unnormalised, chapter 3), :func:`sinkhorn_attention` (doubly stochastic, chapter 3),
 :func:`hardmax_attention` (the :math:`\beta\to\infty` limit, chapter 5) and
 :func:`factored_attention` (weights depending on positions only, chapter 2).
+
+Speed and memory: :func:`softmax_attention` and :func:`l2_attention` reshape inputs of any rank to
+the 4-D layout ``(B, H, N, d)`` of :func:`torch.nn.functional.scaled_dot_product_attention`, for
+which the CPU runs its tiled (flash) kernel, and pass causal attention as ``is_causal`` rather than
+as a mask: neither builds the ``n x m`` matrix, so memory grows linearly in ``n``. Masks are validated before use (a
+mask must end in ``(n, m)`` and broadcast to the batch without enlarging it).
 """
 
 from __future__ import annotations
@@ -30,30 +36,37 @@ from . import _checks as C
 Tensor = torch.Tensor
 
 __all__ = [
-    "causal_mask",
+    "MultiHeadAttention",
+    "SinkhornResult",
     "attention_scores",
     "attention_weights",
-    "softmax_attention",
-    "MultiHeadAttention",
+    "causal_mask",
+    "factored_attention",
+    "factored_weights",
+    "hardmax_attention",
+    "hardmax_weights",
     "l2_attention",
     "sigmoid_attention",
-    "SinkhornResult",
     "sinkhorn_attention",
-    "hardmax_weights",
-    "hardmax_attention",
-    "factored_weights",
-    "factored_attention",
+    "sinkhorn_default_tol",
+    "softmax_attention",
 ]
 
 
 def _beta(beta: float | None, d: int) -> float:
-    return 1.0 / math.sqrt(d) if beta is None else C.positive(beta, "beta")
+    if beta is not None:
+        return C.positive(beta, "beta")
+    if d < 1:
+        raise ValueError("the default beta = 1/sqrt(d) needs dimension d >= 1 (got d = 0); pass beta")
+    return 1.0 / math.sqrt(d)
 
 
 def causal_mask(n: int, m: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
     r"""Boolean ``(n, m)`` mask with ``mask[i, j] = (j <= i + m - n)``: query ``i`` sees keys up to itself.
 
-    For ``m = n`` (self-attention) this is the lower triangle including the diagonal.
+    For ``m = n`` (self-attention) this is the lower triangle including the diagonal; for ``m > n``
+    the queries are the last ``n`` positions of the key sequence (lower-right alignment, as
+    torch's ``causal_lower_right``).
     """
     m = n if m is None else m
     C.positive_int(n, "n")
@@ -61,29 +74,92 @@ def causal_mask(n: int, m: int | None = None, *, device: torch.device | str | No
     return torch.ones(n, m, dtype=torch.bool, device=device).tril(diagonal=m - n)
 
 
+def _check_causal(n: int, m: int) -> None:
+    if n > m:
+        raise ValueError(f"causal attention with n = {n} queries and m = {m} < n keys leaves the first "
+                         f"{n - m} queries with no key (lower-right alignment)")
+
+
 def _combined_mask(mask: Tensor | None, causal: bool, n: int, m: int, batch: torch.Size, device) -> Tensor | None:
+    """The user's mask, validated *first*, then merged with the causal mask (materialised)."""
+    if mask is not None:
+        C.bool_mask(mask, n, m, batch)
     if causal:
+        _check_causal(n, m)
         cm = causal_mask(n, m, device=device)
         mask = cm if mask is None else (mask & cm)
-    if mask is not None:
         C.bool_mask(mask, n, m, batch)
     return mask
 
 
+def _chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None:
+        C.positive_int(chunk_size, "chunk_size")
+
+
+def _to4(x: Tensor, batch: torch.Size) -> Tensor:
+    """``(*batch, r, c)`` -> sdpa's 4-D layout ``(B, H, r, c)`` (a view whenever possible)."""
+    if len(batch) == 2:
+        return x
+    return x.reshape(math.prod(batch), 1, x.shape[-2], x.shape[-1])
+
+
+def _mask4(mask: Tensor, batch: torch.Size) -> Tensor:
+    """A validated mask broadcastable to ``batch + (n, m)`` in the 4-D layout, without expanding
+    dimensions that are broadcast over all of the batch."""
+    n, m = mask.shape[-2:]
+    mask = mask.reshape((1,) * (len(batch) + 2 - mask.dim()) + tuple(mask.shape))
+    if len(batch) == 2:
+        return mask
+    if all(s == 1 for s in mask.shape[:-2]):
+        return mask.reshape(1, 1, n, m)
+    return mask.expand(*batch, n, m).reshape(math.prod(batch), 1, n, m)
+
+
+def _fused(q: Tensor, k: Tensor, v: Tensor, *, scale: float, mask: Tensor | None, causal: bool) -> Tensor:
+    r"""Softmax attention through :func:`torch.nn.functional.scaled_dot_product_attention` in its
+    4-D layout ``(B, H, N, d)`` (the layout for which the CPU picks its tiled, memory-linear
+    kernel), for validated inputs of any rank. Causal attention without a user mask uses the
+    kernel's ``is_causal`` path (for ``n < m <= 2n`` after prepending ``m - n`` dummy queries,
+    which gives the lower-right alignment): no ``n x m`` mask is built. Only for ``m > 2n`` (few
+    queries) is the small ``n x m`` causal mask materialised. (Torch's own ``causal_lower_right``
+    is avoided: importing it loads ``torch._dynamo``, seconds of start-up.)"""
+    batch = q.shape[:-2]
+    n, m = q.shape[-2], k.shape[-2]
+    q4, k4, v4 = _to4(q, batch), _to4(k, batch), _to4(v, batch)
+    kw: dict = {}
+    if causal:
+        _check_causal(n, m)
+    if mask is not None:
+        C.bool_mask(mask, n, m, batch)
+        if causal:
+            mask = mask & causal_mask(n, m, device=q.device)
+            C.bool_mask(mask, n, m, batch)
+        kw["attn_mask"] = _mask4(mask, batch)
+    elif causal and 2 * n >= m:
+        # lower-right alignment as the fused causal path: prepend m - n dummy queries (at most n),
+        # run the square causal problem, drop their rows; no n x m mask
+        if m > n:
+            q4 = torch.cat([q4.new_zeros(*q4.shape[:-2], m - n, q4.shape[-1]), q4], dim=-2)
+        out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, is_causal=True)[..., m - n :, :]
+        return out.reshape(*batch, n, v.shape[-1])
+    elif causal:
+        kw["attn_mask"] = causal_mask(n, m, device=q.device)  # few queries, many keys: n x m is small
+    out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, **kw)
+    return out.reshape(*batch, n, v.shape[-1])
+
+
 def attention_scores(q: Tensor, k: Tensor, *, beta: float | None = None) -> Tensor:
     r"""Logits :math:`\beta\, q_i \cdot k_j`, shape ``(..., n, m)``; ``beta`` defaults to :math:`1/\sqrt d`."""
-    q = C.float_tensor(q, "q", min_dim=2)
-    k = C.float_tensor(k, "k", min_dim=2)
-    C.same_dtype([q, k], ["q", "k"])
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share the last dimension, got {tuple(q.shape)} and {tuple(k.shape)}")
+    q, k = C.qk(q, k)
     return _beta(beta, q.shape[-1]) * (q @ k.transpose(-1, -2))
 
 
 def attention_weights(
     q: Tensor, k: Tensor, *, beta: float | None = None, mask: Tensor | None = None, causal: bool = False
 ) -> Tensor:
-    r"""Row-stochastic softmax weights :math:`P_{ij} \propto \exp(\beta q_i\cdot k_j)` over allowed keys."""
+    r"""Row-stochastic softmax weights :math:`P_{ij} \propto \exp(\beta q_i\cdot k_j)` over allowed keys
+    (the full ``n x m`` matrix; :func:`softmax_attention` never forms it)."""
     s = attention_scores(q, k, beta=beta)
     mask = _combined_mask(mask, causal, q.shape[-2], k.shape[-2], q.shape[:-2], q.device)
     if mask is not None:
@@ -106,32 +182,29 @@ def softmax_attention(
     Parameters
     ----------
     q, k, v
-        Queries ``(..., n, d)``, keys ``(..., m, d)``, values ``(..., m, e)``.
+        Queries ``(..., n, d)``, keys ``(..., m, d)``, values ``(..., m, e)``; any number of
+        (equal) batch dimensions, including none.
     beta
-        Inverse temperature :math:`\beta>0`; default :math:`1/\sqrt d` (the Transformer's scaling).
-        Low temperature ``T`` is ``beta = 1/T``.
+        Inverse temperature :math:`\beta>0`; default :math:`1/\sqrt d` (the Transformer's scaling;
+        ``d = 0`` then raises). Low temperature ``T`` is ``beta = 1/T``.
     mask
         Boolean, broadcastable to ``(..., n, m)``; ``True`` where query ``i`` may attend to key ``j``.
     causal
-        Also apply :func:`causal_mask`.
+        Also apply :func:`causal_mask` (lower-right aligned; ``n > m`` raises). Without ``mask`` it
+        runs through the fused kernel's own causal path: no ``n x m`` mask is built.
     chunk_size
-        Process this many query rows at a time, so that the ``n x m`` weight matrix is never held
-        whole (for ``n = m = 10^5`` on a GPU). Exact: rows are independent.
+        Accepted for compatibility and validated (``None`` or an int >= 1); it no longer changes
+        anything: the fused kernel tiles the rows itself, so memory stays linear in ``n`` without
+        chunking (float64, ``n = m = 10^5``, ``d = 8`` fits in well under 4 GB, causal or not).
 
-    Calls :func:`torch.nn.functional.scaled_dot_product_attention`, the fused kernel.
+    Inputs of every rank are reshaped to the 4-D layout ``(B, H, N, d)`` of
+    :func:`torch.nn.functional.scaled_dot_product_attention`, for which the CPU uses its tiled
+    (flash) kernel; with 2-D input torch would build the whole ``n x m`` matrix.
     """
     q, k, v = C.qkv(q, k, v)
+    _chunk_size(chunk_size)
     b = _beta(beta, q.shape[-1])
-    n, m = q.shape[-2], k.shape[-2]
-    mask = _combined_mask(mask, causal, n, m, q.shape[:-2], q.device)
-    if chunk_size is None or chunk_size >= n:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=b)
-    C.positive_int(chunk_size, "chunk_size")
-    outs = []
-    for s in range(0, n, chunk_size):
-        mk = None if mask is None else mask[..., s : s + chunk_size, :]
-        outs.append(F.scaled_dot_product_attention(q[..., s : s + chunk_size, :], k, v, attn_mask=mk, scale=b))
-    return torch.cat(outs, dim=-2)
+    return _fused(q, k, v, scale=b, mask=mask, causal=causal)
 
 
 class MultiHeadAttention(nn.Module):
@@ -176,12 +249,23 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
-        """Attend from tokens ``x`` ``(..., n, d_model)`` to ``context`` (default ``x``)."""
+        """Attend from tokens ``x`` ``(..., n, d_model)`` to ``context`` ``(..., m, d_model)`` (default
+        ``x``); both in the module's dtype. ``mask``: boolean, broadcastable to ``(..., n, m)``."""
         x = C.float_tensor(x, "x", min_dim=2)
         y = x if context is None else C.float_tensor(context, "context", min_dim=2)
+        d_model, dtype = self.w_q.in_features, self.w_q.weight.dtype
+        for t, name in ((x, "x"), (y, "context")):
+            if t.shape[-1] != d_model:
+                raise ValueError(f"{name} must have last dimension d_model = {d_model}, got shape {tuple(t.shape)}")
+            if t.dtype != dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but the module's weights have dtype {dtype}")
+        if x.shape[:-2] != y.shape[:-2]:
+            raise ValueError(f"batch shapes of x {tuple(x.shape)} and context {tuple(y.shape)} must match")
+        if mask is not None:
+            C.bool_mask(mask, x.shape[-2], y.shape[-2], x.shape[:-2])
+            if mask.dim() >= 3:
+                mask = mask.unsqueeze(-3)  # broadcast over heads
         q, k, v = self._split(self.w_q(x)), self._split(self.w_k(y)), self._split(self.w_v(y))
-        if mask is not None and mask.dim() >= 3:
-            mask = mask.unsqueeze(-3)  # broadcast over heads
         out = softmax_attention(q, k, v, beta=self.beta, mask=mask, causal=causal)
         return self.w_o(out.transpose(-2, -3).flatten(-2))
 
@@ -192,19 +276,22 @@ def l2_attention(
 ) -> Tensor:
     r"""L2 (distance-based) attention: weights :math:`\propto \exp(-\beta \|q_i - k_j\|^2)`.
 
-    Since :math:`-\beta\|q-k\|^2 = 2\beta\, q\cdot k - \beta\|k\|^2 - \beta\|q\|^2` and the last
-    term cancels in the normalisation, this is softmax attention at inverse temperature
-    :math:`2\beta` with an additive key bias :math:`-\beta\|k_j\|^2`; it runs through the fused
-    kernel. ``beta`` defaults to :math:`1/\sqrt d`. Used by chapter 3 (L2 Transformer PDE).
+    The weights do not change when queries and keys are shifted by a common vector :math:`c`, and
+    :math:`-\beta\|q-k\|^2 = 2\beta\, q\cdot k - \beta\|k\|^2 - \beta\|q\|^2`, whose last term
+    cancels in the normalisation. With :math:`c` the mean of the keys (so nothing cancels
+    catastrophically far from the origin: float32 stays accurate at any offset) this is softmax
+    attention at inverse temperature :math:`2\beta` between the augmented vectors
+    :math:`(q_i-c,\,1)` and :math:`(k_j-c,\,-\|k_j-c\|^2/2)`, so it runs through the fused kernel
+    (:func:`softmax_attention`'s 4-D path, masks and causal included). ``beta`` defaults to
+    :math:`1/\sqrt d`. Used by chapter 3 (L2 Transformer PDE) and, as the Gaussian kernel, chapter 4.
     """
     q, k, v = C.qkv(q, k, v)
     b = _beta(beta, q.shape[-1])
-    n, m = q.shape[-2], k.shape[-2]
-    mask = _combined_mask(mask, causal, n, m, q.shape[:-2], q.device)
-    bias = (-b * (k * k).sum(-1)).unsqueeze(-2).expand(*k.shape[:-2], n, m)
-    if mask is not None:
-        bias = bias.masked_fill(~mask, float("-inf"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=2.0 * b)
+    c = k.detach().mean(dim=-2, keepdim=True)
+    qc, kc = q - c, k - c
+    qa = torch.cat([qc, torch.ones_like(qc[..., :1])], dim=-1)
+    ka = torch.cat([kc, -0.5 * (kc * kc).sum(-1, keepdim=True)], dim=-1)
+    return _fused(qa, ka, v, scale=2.0 * b, mask=mask, causal=causal)
 
 
 def sigmoid_attention(
@@ -241,8 +328,15 @@ class SinkhornResult:
     marginal_error: float
 
 
+def sinkhorn_default_tol(dtype: torch.dtype) -> float:
+    r"""Default column-sum tolerance of :func:`sinkhorn_attention`: ``1e-9`` for float64,
+    ``1000 * eps`` of the dtype otherwise (``1.2e-4`` in float32): reachable above round-off."""
+    return 1e-9 if dtype == torch.float64 else 1e3 * torch.finfo(dtype).eps
+
+
 def sinkhorn_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, beta: float | None = None, tol: float = 1e-9, max_iter: int = 10_000,
+    q: Tensor, k: Tensor, v: Tensor, *, beta: float | None = None, tol: float | None = None,
+    max_iter: int = 10_000,
 ) -> SinkhornResult:
     r"""Sinkhorn (doubly stochastic) attention, computed in the log domain.
 
@@ -254,10 +348,14 @@ def sinkhorn_attention(
 
     Alternating row and column normalisation (in ``logsumexp`` form, stable at any temperature)
     stops once the largest column-sum error is below ``tol`` (rows are exact after each sweep).
-    Raises ``RuntimeError`` when ``max_iter`` sweeps do not reach ``tol``.
+    ``tol`` defaults to :func:`sinkhorn_default_tol` of the dtype (``1e-9`` in float64, about
+    ``1.2e-4`` in float32, where ``1e-9`` is below round-off). Raises ``RuntimeError`` when
+    ``max_iter`` sweeps do not reach ``tol``, ``ValueError`` for ``n = 0`` queries.
     """
     q, k, v = C.qkv(q, k, v)
-    tol = C.positive(tol, "tol")
+    if q.shape[-2] == 0:
+        raise ValueError("sinkhorn_attention needs at least one query (n >= 1): the plan's marginals are undefined")
+    tol = sinkhorn_default_tol(q.dtype) if tol is None else C.positive(tol, "tol")
     C.positive_int(max_iter, "max_iter")
     s = attention_scores(q, k, beta=beta)
     n, m = s.shape[-2], s.shape[-1]
@@ -285,7 +383,9 @@ def hardmax_weights(scores: Tensor, *, tie_rtol: float = 1e-9, mask: Tensor | No
     tolerance of the maximum count as tied, so ties that exact arithmetic would produce survive
     round-off, and the result does not depend on the order of the keys. Ties are broken by
     *sharing*: every tied key gets weight :math:`1/|C_i|` (the convention of chapter 5's model).
-    ``tie_rtol = 0`` gives float ``==`` ties.
+    ``tie_rtol = 0`` gives float ``==`` ties. For the clustering dynamics, where followers converge
+    to leaders and a score tolerance would eventually count them as tied, :mod:`lib.hardmax` decides
+    ties on positions instead (its module docstring).
     """
     scores = C.float_tensor(scores, "scores", min_dim=2)
     tie_rtol = C.nonneg(tie_rtol, "tie_rtol")

@@ -36,12 +36,14 @@ round-off of a ``d``-term inner product, far below the angles of a generic confi
 ties (symmetric configurations, tokens on one face of the hull, repeated words that share one
 embedding) are kept as ties. On lattice inputs the layer agrees with exact rational arithmetic.
 
-*Coinciding tokens.* Tokens at exactly the same (floating-point) position score identically
-and cannot be told apart. When a tie set spans several distinct positions, the layer therefore
-gives each distinct position the same weight, split equally among the tokens there (in the
-model a token counts once; the two conventions differ only when tokens coincide *and* tie with
-other positions: a follower that has reached its leader to the last bit, or repeated tokens on a
-face of the hull). Within one position, and for :func:`attention_sets`, every token counts.
+*Coinciding tokens.* Tokens at the same position up to round-off (closer than
+``16 eps max|z|``) score identically and cannot be told apart, and the direction from which a
+follower approached its leader is lost once it is within a few units of round-off of it. When a
+tie set spans several distinct positions, the layer therefore gives each distinct position the
+same weight, split equally among the tokens there (in the model a token counts once; the two
+conventions differ only when tokens coincide *and* tie with other positions: a follower that has
+reached its leader to the last bits, or repeated tokens on a face of the hull). Within one
+position, and for :func:`attention_sets`, every token counts.
 
 Tokens that converge to a leader come within round-off of it. Counting is therefore done on
 *distinct positions* (:func:`distinct_points`, single linkage at ``atol``), and a *strict leader*
@@ -69,31 +71,32 @@ from .attention import softmax_attention
 Tensor = torch.Tensor
 
 __all__ = [
-    "default_tie_rtol",
-    "scores",
+    "ClusteringReport",
+    "Dynamics",
+    "LimitPoints",
     "attention_sets",
+    "classify_limit_points",
+    "clustering_report",
+    "default_tie_rtol",
+    "distinct_points",
+    "fit_rate",
     "hardmax_layer",
-    "softmax_layer",
+    "hull_volume",
+    "leader_positions",
     "leaders",
+    "padding_mask",
+    "random_spd",
+    "run_dynamics",
+    "scores",
+    "softmax_layer",
     "strict_leaders",
     "token_mask",
-    "padding_mask",
-    "Dynamics",
-    "run_dynamics",
-    "distinct_points",
-    "leader_positions",
-    "LimitPoints",
-    "classify_limit_points",
-    "hull_volume",
-    "random_spd",
-    "ClusteringReport",
-    "clustering_report",
-    "fit_rate",
 ]
 
 
 def default_tie_rtol(dtype: torch.dtype) -> float:
-    r"""Default relative tie tolerance: ``1e-12`` for float64, ``1e-5`` for float32 and lower precisions."""
+    r"""Default angle tolerance of the tie test (module docstring): ``1e-12`` for float64, ``1e-5``
+    for float32 and lower precisions."""
     return 1e-12 if dtype == torch.float64 else 1e-5
 
 
@@ -144,11 +147,12 @@ def _queries(z: Tensor, A: Tensor | None) -> Tensor:
 
 
 def _argmax_sets(qz: Tensor, z: Tensor, rtol: float, mask: Tensor | None) -> Tensor:
-    r"""Boolean ``(..., n, m)``: :math:`j\in C_i`, decided by the angle test of the module docstring.
+    r"""Boolean ``(..., n, m)``: :math:`j\in C_i`, decided by the pairwise angle test of the module docstring.
 
     ``qz``: queries :math:`Az_i` ``(..., n, d)``; ``z``: keys ``(..., m, d)``. Only keys whose float
-    score is within round-off (plus the angle tolerance) of the row maximum are examined, as a
-    flat list of (row, key) pairs, so the cost stays that of the score matrix in generic cases.
+    score is within round-off (plus the angle tolerance) of the row maximum are candidates; rows with
+    a single candidate (the generic case) cost nothing beyond the score matrix. In a row with ``c``
+    candidates each pair is compared once (``c^2`` inner products of differences).
     """
     qz, z = qz.detach(), z.detach()
     n, m, d = qz.shape[-2], z.shape[-2], z.shape[-1]
@@ -165,14 +169,18 @@ def _argmax_sets(qz: Tensor, z: Tensor, rtol: float, mask: Tensor | None) -> Ten
     zmax = zf.norm(dim=-1).amax(dim=-1, keepdim=True).unsqueeze(-1)  # (B, 1, 1)
     eps = torch.finfo(s.dtype).eps
     window = (2.0 * rtol + 8.0 * (d + 2) * eps) * qn * zmax
-    cand = s >= top - window
-    b, i, j = cand.nonzero(as_tuple=True)
-    ref = s.argmax(dim=-1)  # (B, n): a float maximiser, refined below
-    q_e = qf[b, i]
-    qn_e = qn[b, i, 0]
-    row = b * n + i
+    sets = s >= top - window  # candidates; refined below where a row has several
+    count = sets.sum(dim=-1)
+    if not bool((count >= 2).any()):
+        return sets.reshape(*batch, n, m)
+    # stage 1: every candidate against one reference per row, moved up until nothing beats it
+    bb, ii, jj = (sets & (count >= 2).unsqueeze(-1)).nonzero(as_tuple=True)
+    row = bb * n + ii
+    q_e, qn_e = qf[bb, ii], qn[bb, ii, 0]
+    ref = s.argmax(dim=-1).reshape(-1)  # a float maximiser per row
+
     def gaps(ref: Tensor) -> tuple[Tensor, Tensor]:
-        diff = zf[b, j] - zf[b, ref[b, i]]  # formed first: accurate for close points
+        diff = zf[bb, jj] - zf[bb, ref[row]]  # formed first: accurate for close points
         return (q_e * diff).sum(-1), rtol * qn_e * diff.norm(dim=-1)
 
     for _ in range(32):  # each pass moves the reference strictly up; a few passes suffice
@@ -184,35 +192,73 @@ def _argmax_sets(qz: Tensor, z: Tensor, rtol: float, mask: Tensor | None) -> Ten
         best = torch.full((qf.shape[0] * n,), -float("inf"), dtype=D.dtype, device=D.device)
         best = best.scatter_reduce(0, row, score, reduce="amax")
         pick = beats & (score == best[row])
-        new_ref = ref.reshape(-1).clone()
-        new_ref[row[pick]] = j[pick]  # any maximal beater (ties among them resolved next pass)
-        ref = new_ref.reshape(ref.shape)
+        ref = ref.clone()
+        ref[row[pick]] = jj[pick]
     else:
         D, tol = gaps(ref)
-    tied = D >= -tol
-    sets = torch.zeros(qf.shape[0], n, m, dtype=torch.bool, device=s.device)
-    sets[b[tied], i[tied], j[tied]] = True
+    surv = D >= -tol
+    sets[bb, ii, jj] = surv
+    # stage 2: survivors of one row compared pairwise (a follower near the face, close to another
+    # survivor but far from the reference, is beaten by that neighbour)
+    count = sets.sum(dim=-1)
+    multi = (count >= 2).nonzero(as_tuple=True)
+    if len(multi[0]) == 0:
+        return sets.reshape(*batch, n, m)
+    cmax = int(count[multi].max())
+    rb, ri = multi
+    idx = torch.topk(sets[rb, ri].to(torch.int8), cmax, dim=-1).indices  # (R, c) survivors
+    valid = torch.arange(cmax, device=s.device) < count[multi].unsqueeze(-1)
+    keep = torch.zeros(len(rb), cmax, dtype=torch.bool, device=s.device)
+    step = max(1, (1 << 22) // max(1, cmax * cmax * d))  # rows per chunk: bounded memory
+    for r0 in range(0, len(rb), step):
+        sl = slice(r0, r0 + step)
+        P = zf[rb[sl].unsqueeze(-1), idx[sl]]  # (r, c, d)
+        diff = P.unsqueeze(-3) - P.unsqueeze(-2)  # [r, j, l] = z_l - z_j
+        q = qf[rb[sl], ri[sl]]  # (r, d)
+        Dp = (diff @ q.unsqueeze(-1).unsqueeze(-3)).squeeze(-1)
+        tolp = rtol * qn[rb[sl], ri[sl]].unsqueeze(-1) * diff.norm(dim=-1)
+        beaten = ((Dp > tolp) & valid[sl].unsqueeze(-2)).any(dim=-1)
+        keep[sl] = valid[sl] & ~beaten
+    # safeguard (rtol = 0 and round-off cycles): an empty set falls back to the reference
+    empty = ~keep.any(dim=-1)
+    rows = torch.zeros(len(rb), m, dtype=torch.bool, device=s.device)
+    rows.scatter_(-1, idx, keep)
+    if bool(empty.any()):
+        rows[empty, ref[rb * n + ri][empty]] = True
+    sets[rb, ri] = rows
     return sets.reshape(*batch, n, m)
 
 
 def _tie_weights(sets: Tensor, z: Tensor) -> Tensor:
-    r"""Row weights from the argmax sets: equal weight per distinct (bitwise) position, split equally
-    among the tokens there (module docstring, *coinciding tokens*)."""
+    r"""Row weights from the argmax sets: equal weight per distinct position, split equally among
+    the tokens there (module docstring, *coinciding tokens*). Tokens closer than a few units of
+    round-off (``16 eps max|z|``) count as one position."""
     n, m, d = sets.shape[-2], sets.shape[-1], z.shape[-1]
+    w = sets.to(z.dtype)
+    count = w.sum(dim=-1, keepdim=True)
+    w = w / count
+    multi = (count.squeeze(-1) >= 2).reshape(-1).nonzero(as_tuple=True)[0]
+    if len(multi) == 0:
+        return w
     batch = sets.shape[:-2]
     zf = z.detach().expand(*batch, m, d).reshape(-1, m, d)
-    sf = sets.reshape(-1, n, m)
-    b, i, j = sf.nonzero(as_tuple=True)
-    _, pos = torch.unique(zf.reshape(-1, d), dim=0, return_inverse=True)
-    pos = pos.reshape(zf.shape[0], m)
-    row = b * n + i
-    key = torch.stack([row, pos[b, j]], dim=1)
-    _, grp, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
-    inv = 1.0 / counts[grp].to(z.dtype)
-    total = torch.zeros(sf.shape[0] * n, dtype=z.dtype, device=z.device).index_add_(0, row, inv)
-    w = torch.zeros(sf.shape, dtype=z.dtype, device=z.device)
-    w[b, i, j] = inv / total[row]
-    return w.reshape(*batch, n, m)
+    sf, wf = sets.reshape(-1, m), w.reshape(-1, m).clone()
+    rb = multi // n  # batch index of each row
+    c = int(count.reshape(-1)[multi].max())
+    idx = torch.topk(sf[multi].to(torch.int8), c, dim=-1).indices  # (R, c) set members
+    valid = torch.arange(c, device=z.device) < count.reshape(-1)[multi].unsqueeze(-1)
+    tau = 16 * torch.finfo(z.dtype).eps * zf.norm(dim=-1).amax(dim=-1).clamp_min(1.0)  # (B,)
+    step = max(1, (1 << 22) // max(1, c * c * d))
+    for r0 in range(0, len(multi), step):
+        sl = slice(r0, r0 + step)
+        P = zf[rb[sl].unsqueeze(-1), idx[sl]]  # (r, c, d)
+        near = (P.unsqueeze(-2) - P.unsqueeze(-3)).norm(dim=-1) <= tau[rb[sl]][:, None, None]
+        near = near & valid[sl].unsqueeze(-1) & valid[sl].unsqueeze(-2)
+        inv = valid[sl].to(z.dtype) / near.sum(-1).clamp_min(1).to(z.dtype)
+        row = torch.zeros(inv.shape[0], m, dtype=z.dtype, device=z.device)
+        row.scatter_(-1, idx[sl], inv / inv.sum(-1, keepdim=True))
+        wf[multi[sl]] = row
+    return wf.reshape(w.shape)
 
 
 def scores(z: Tensor, *, A: Tensor | None = None) -> Tensor:
@@ -486,7 +532,7 @@ def classify_limit_points(
     if z.dim() != 2:
         raise ValueError(f"z must be one configuration (n, d), got shape {tuple(z.shape)}")
     atol = C.positive(atol, "atol")
-    labels, centers = distinct_points(z, atol=atol)
+    _, centers = distinct_points(z, atol=atol)
     lead_pos = leader_positions(z, A=A, tie_rtol=tie_rtol, atol=atol)
     c = torch.as_tensor(centers, dtype=z.dtype)
     Ac = _queries(c, _A(A, z))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -181,7 +182,7 @@ def test_hardmax_ties_and_limit_of_softmax():
     qq, kk, vv = rand(5, 3, g=g), rand(9, 3, g=g), rand(9, 2, g=g)
     hard = A.hardmax_attention(qq, kk, vv)
     errs = [float((A.softmax_attention(qq, kk, vv, beta=b) - hard).abs().max()) for b in (1, 10, 100, 1000)]
-    assert all(e2 < e1 for e1, e2 in zip(errs, errs[1:])) and errs[-1] < 1e-10
+    assert all(e2 < e1 for e1, e2 in pairwise(errs)) and errs[-1] < 1e-10
 
 
 def test_factored_attention():
@@ -234,3 +235,118 @@ def test_factored_attention():
 def test_bad_input_raises_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# --- regression tests (issue: lib/ hardened) ---------------------------------------------------
+
+def test_l2_attention_float32_far_from_origin():
+    """|q|^2 - 2 q.k + |k|^2 cancels catastrophically at an offset of 1000 in float32."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(16, 4, generator=g, dtype=D64) for _ in range(3))
+    for off in (1e3, 1e4):
+        q32, k32, v32 = (q + off).float(), (k + off).float(), v.float()
+        ref = A.l2_attention(q32.double(), k32.double(), v32.double(), beta=0.5)  # same inputs, float64
+        out = A.l2_attention(q32, k32, v32, beta=0.5)
+        assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_sinkhorn_float32_default_tol_converges():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        q, k, v = (torch.randn(n, 8, generator=g) for n in (16, 8, 8))
+        res = A.sinkhorn_attention(q, k, v)
+        tol = A.sinkhorn_default_tol(torch.float32)
+        assert res.marginal_error <= tol and res.plan.sum(-1).sub(1).abs().max() < 1e-5
+        assert res.plan.sum(-2).sub(2).abs().max() < 2 * tol
+
+
+def test_sinkhorn_zero_queries_raises_valueerror():
+    with pytest.raises(ValueError, match="query"):
+        A.sinkhorn_attention(torch.zeros(0, 3, dtype=D64), rand(4, 3), rand(4, 2))
+
+
+def test_mask_validated_before_causal_merge():
+    q, k, v = rand(4, 3), rand(4, 3), rand(4, 2)
+    for bad in (torch.ones(4, 1, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool), torch.ones(4, 4)):
+        for causal in (False, True):
+            with pytest.raises((ValueError, TypeError), match="mask"):
+                A.softmax_attention(q, k, v, mask=bad, causal=causal)
+            with pytest.raises((ValueError, TypeError), match="mask"):
+                A.l2_attention(q, k, v, mask=bad, causal=causal)
+
+
+def test_mask_with_extra_leading_dims_is_refused():
+    q, k, v = rand(2, 4, 3), rand(2, 4, 3), rand(2, 4, 2)
+    with pytest.raises(ValueError, match="broadcast"):
+        A.softmax_attention(q, k, v, mask=torch.ones(3, 2, 4, 4, dtype=torch.bool))
+    ok = A.softmax_attention(q, k, v, mask=torch.ones(1, 4, 4, dtype=torch.bool))
+    assert torch.allclose(ok, A.softmax_attention(q, k, v))
+
+
+def test_zero_dimension_default_beta_is_valueerror():
+    q, k, v = torch.zeros(3, 0, dtype=D64), torch.zeros(4, 0, dtype=D64), rand(4, 2)
+    for f in (A.softmax_attention, A.l2_attention):
+        with pytest.raises(ValueError, match="d >= 1|dimension"):
+            f(q, k, v)
+    out = A.softmax_attention(q, k, v, beta=1.0)  # with an explicit beta, uniform weights
+    assert torch.allclose(out, v.mean(0).expand(3, 2))
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, "4"])
+def test_chunk_size_always_validated(chunk):
+    q, k, v = rand(4, 3), rand(4, 3), rand(4, 2)
+    with pytest.raises((ValueError, TypeError), match="chunk_size"):
+        A.softmax_attention(q, k, v, chunk_size=chunk)  # 4 < n is irrelevant: checked anyway
+    with pytest.raises((ValueError, TypeError), match="chunk_size"):
+        A.softmax_attention(q, k, v, chunk_size=chunk if chunk != 0 else -5)
+
+
+def test_multihead_input_checks():
+    mha = A.MultiHeadAttention(8, 2, dtype=D64)
+    with pytest.raises(ValueError, match="d_model|last dimension"):
+        mha(rand(5, 6))
+    with pytest.raises(ValueError, match="context"):
+        mha(rand(5, 8), rand(4, 6))
+    with pytest.raises(TypeError, match="dtype"):
+        mha(torch.randn(5, 8))
+    with pytest.raises(TypeError, match="mask"):
+        mha(rand(5, 8), mask=[[True] * 5] * 5)
+    with pytest.raises(TypeError, match="mask"):
+        mha(rand(5, 8), mask=torch.ones(5, 5))
+
+
+@pytest.mark.parametrize("shape", [(7,), (2, 7), (2, 3, 7), (2, 1, 3, 7)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_attention_any_rank_matches_sdpa_4d(shape, causal):
+    g = torch.Generator().manual_seed(5)
+    lead, n = shape[:-1], shape[-1]
+    q, k, v = (torch.randn(*lead, n, 3, generator=g, dtype=D64) for _ in range(3))
+    out = A.softmax_attention(q, k, v, causal=causal)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.reshape(-1, 1, n, 3), k.reshape(-1, 1, n, 3), v.reshape(-1, 1, n, 3), is_causal=causal,
+        scale=1 / math.sqrt(3)).reshape(out.shape)
+    assert out.shape == q.shape[:-1] + (3,)
+    assert torch.allclose(out, ref, atol=1e-13)
+    if len(lead) == 0:
+        mask = A.causal_mask(n) if causal else None
+        assert torch.allclose(out, brute_softmax_attention(q, k, v, 1 / math.sqrt(3), mask), atol=1e-12)
+
+
+def test_causal_lower_right_for_n_less_than_m_and_refused_for_n_greater():
+    q, k, v = rand(3, 2), rand(5, 2), rand(5, 4)
+    out = A.softmax_attention(q, k, v, causal=True)
+    ref = brute_softmax_attention(q, k, v, 1 / math.sqrt(2), A.causal_mask(3, 5))
+    assert torch.allclose(out, ref, atol=1e-12)
+    with pytest.raises(ValueError, match="no key|blanks"):
+        A.softmax_attention(rand(5, 2), rand(3, 2), rand(3, 4), causal=True)
+
+
+def test_causal_and_mask_combined():
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 6, 3, generator=g, dtype=D64) for _ in range(3))
+    mask = torch.rand(2, 6, 6, generator=g) > 0.4
+    mask[..., 0] = True
+    out = A.softmax_attention(q, k, v, mask=mask, causal=True)
+    for b in range(2):
+        ref = brute_softmax_attention(q[b], k[b], v[b], 1 / math.sqrt(3), mask[b] & A.causal_mask(6))
+        assert torch.allclose(out[b], ref, atol=1e-12)

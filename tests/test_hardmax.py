@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -14,9 +15,9 @@ from lib.hardmax import (
     attention_sets,
     classify_limit_points,
     clustering_report,
-    fit_rate,
     default_tie_rtol,
     distinct_points,
+    fit_rate,
     hardmax_layer,
     hull_volume,
     leader_positions,
@@ -102,7 +103,7 @@ def test_hull_area_shrinks_and_leaders_fixed():
     z0 = torch.randn(40, 2, generator=g, dtype=D)
     dyn = run_dynamics(z0, alpha=0.5, layers=80)
     areas = [hull_volume(z) for z in dyn.trajectory]
-    assert all(b <= a * (1 + 1e-12) for a, b in zip(areas, areas[1:]))
+    assert all(b <= a * (1 + 1e-12) for a, b in pairwise(areas))
     L = strict_leaders(z0)
     assert (dyn.trajectory[-1][L] - z0[L]).abs().max() < 1e-10  # exact up to followers within the tie tolerance
     assert bool(dyn.leaders[:, L].all())
@@ -150,7 +151,7 @@ def test_softmax_layer_reference_and_limit():
     hard = run_dynamics(z, alpha=0.4, layers=6, A=A).trajectory[-1]
     devs = [float((run_dynamics(z, alpha=0.4, layers=6, A=A, temperature=t).trajectory[-1] - hard).abs().max())
             for t in (1.0, 0.1, 0.01, 1e-3, 1e-4)]
-    assert all(b < a for a, b in zip(devs, devs[1:]))
+    assert all(b < a for a, b in pairwise(devs))
     assert devs[-1] < 1e-10
 
 

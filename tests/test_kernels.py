@@ -11,6 +11,15 @@ from sklearn.metrics.pairwise import laplacian_kernel, polynomial_kernel, rbf_ke
 
 from lib import kernels as K
 from lib.attention import softmax_attention
+from lib.kernels import (
+    RBF,
+    ExpDot,
+    FeatureMapKernel,
+    Laplacian,
+    Polynomial,
+    elu_feature_map,
+    kernel_attention,
+)
 
 D64 = torch.float64
 
@@ -107,3 +116,87 @@ def test_bad_input():
         K.kernel_attention(pts(2, 2, 0), pts(2, 2, 0), pts(2, 2, 0), K.Linear(), eps=0.0)
     with pytest.raises(NotImplementedError, match="log_gram"):
         K.Polynomial(2).log_gram(pts(2, 2, 0), pts(2, 2, 0))
+
+
+# --- regression tests (issue: lib/ hardened) ---------------------------------------------------
+
+def _all_kernels(d):
+    from lib.kernel_machines import random_feature_kernel, taylor_kernel
+
+    return [ExpDot(), ExpDot(0.3), RBF(), RBF(0.7), Laplacian(), Laplacian(p=2), Polynomial(2),
+            Polynomial(4, c=0.5), taylor_kernel(2), taylor_kernel(4),
+            FeatureMapKernel(elu_feature_map, name="elu+1", dim=lambda d: d, positive=True),
+            random_feature_kernel(d, 64, generator=torch.Generator().manual_seed(2)),
+            random_feature_kernel(d, 64, generator=torch.Generator().manual_seed(2), stabilize=False)]
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_rows_sum_to_one_for_every_kernel(scale):
+    """Positive random features at logit scale 3 lost the normalisation (bug: positive flag unread)."""
+    g = torch.Generator().manual_seed(1)
+    d = 4
+    q, k = (scale * torch.randn(2, 40, d, generator=g, dtype=torch.float64) for _ in range(2))
+    ones = torch.ones(2, 40, 1, dtype=torch.float64)
+    for ker in _all_kernels(d):
+        out = kernel_attention(q, k, ones, ker)
+        assert (out - 1).abs().max() < 1e-10, ker
+        out = kernel_attention(q, k, ones, ker, causal=True)
+        assert (out - 1).abs().max() < 1e-10, ker
+
+
+def test_feature_map_positive_flag_is_read():
+    ker = FeatureMapKernel(elu_feature_map, positive=True)
+    assert ker.positive and ker.positive_features
+    assert not FeatureMapKernel(lambda x: x).positive
+
+
+def test_laplacian_p2_gradient_finite_where_query_equals_key():
+    q = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    k = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    for ker in (Laplacian(p=2), Laplacian(p=1), RBF()):
+        q.grad = k.grad = None
+        ker.gram(q, k).sum().backward()
+        assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all(), ker
+        v = torch.randn(3, 2, dtype=torch.float64)
+        q.grad = None
+        kernel_attention(q, k, v, ker).sum().backward()
+        assert torch.isfinite(q.grad).all(), ker
+
+
+def test_distance_kernels_float32_far_from_origin():
+    g = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(10, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(10, 2, generator=g, dtype=torch.float64)
+    for ker in (RBF(0.5), Laplacian(0.5, p=2)):
+        for off in (1e3, 1e4):
+            qo, ko = (q + off).float(), (k + off).float()
+            ref_g = ker.gram(qo.double(), ko.double())  # the same (rounded) inputs in float64
+            ref_a = kernel_attention(qo.double(), ko.double(), v.float().double(), ker)
+            assert (ker.gram(qo, ko).double() - ref_g).abs().max() < 1e-5, ker
+            assert (kernel_attention(qo, ko, v.float(), ker).double() - ref_a).abs().max() < 1e-5, ker
+
+
+def test_zero_dimension_default_scale_is_valueerror():
+    q = torch.zeros(3, 0, dtype=torch.float64)
+    for ker in (ExpDot(), RBF(), Laplacian(), Polynomial(2)):
+        with pytest.raises(ValueError, match="d >= 1|dimension"):
+            ker.gram(q, q)
+
+
+def test_feature_map_linear_attention_matches_gram_route():
+    g = torch.Generator().manual_seed(7)
+    from lib.kernel_machines import random_feature_kernel
+
+    ker = random_feature_kernel(5, 32, generator=torch.Generator().manual_seed(0))
+    q, k = (torch.randn(2, 3, 30, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 3, 30, 4, generator=g, dtype=torch.float64)
+    G = ker.gram(q, k)
+    for causal in (False, True):
+        Gm = G * torch.ones(30, 30, dtype=torch.bool).tril() if causal else G
+        ref = (Gm @ v) / Gm.sum(-1, keepdim=True)
+        assert torch.allclose(kernel_attention(q, k, v, ker, causal=causal), ref, atol=1e-12)
+    km = torch.ones(2, 3, 1, 30, dtype=torch.bool)
+    km[..., 20:] = False  # a key padding mask
+    mask = km.expand(2, 3, 30, 30)
+    Gm = G * mask
+    assert torch.allclose(kernel_attention(q, k, v, ker, mask=mask), (Gm @ v) / Gm.sum(-1, keepdim=True), atol=1e-12)
