@@ -24,7 +24,8 @@ The module has two halves.
 
 *Particles (torch).* :func:`particle_velocity` evaluates the field of every variant (softmax, L2,
 sigmoid, Sinkhorn, multi-head, with an optional causal mask) on batched clouds ``(..., N, d)``
-through :mod:`lib.attention`, in query chunks so that ``N = 10^5`` fits;
+through :mod:`lib.attention` (softmax, multi-head and L2 as one call to the fused kernel,
+sigmoid in query chunks) so that ``N = 10^5`` fits;
 :func:`sphere_velocity` is the tangential field of tokens on the sphere; :func:`rk4` integrates a
 particle system with the classical fixed-step Runge-Kutta scheme.
 
@@ -35,6 +36,14 @@ stay Gaussian with :math:`\dot m = Bm + c`, :math:`\dot\Sigma = B\Sigma + \Sigma
 ODE with :func:`scipy.integrate.solve_ivp` (stiff solvers, events for convergence and blow-up);
 :func:`gaussian_flow` also carries the mean and the flow map of the characteristics.
 Closed forms: :func:`exact_covariance_identity_v`, :func:`blowup_time`, :func:`schur_limit`.
+
+*The authors' experiments.* :func:`authors_params` maps the parameters of the authors' code
+(``vcastin/2025-transformers-PDEs``: their :math:`1/\sqrt d` and their L2 kernel) to this
+module's convention, :func:`authors_histogram_instances` regenerates the random instances of
+their rank histograms, and :func:`euler_psd` is their integrator (explicit Euler with a
+projection onto the PSD cone), batched, for comparison with :func:`evolve_covariance`.
+:func:`field_of_cloud` evaluates a cloud's field at other points (tracers of the mean-field
+flow) and :func:`mardia_kurtosis_z` tests a cloud for Gaussianity.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ __all__ = [
     "VARIANTS",
     "CLOSED_VARIANTS",
     "particle_velocity",
+    "field_of_cloud",
     "sphere_velocity",
     "rk4",
     "split_heads",
@@ -65,6 +75,11 @@ __all__ = [
     "mean_rhs",
     "CovarianceTrajectory",
     "evolve_covariance",
+    "authors_params",
+    "EulerResult",
+    "euler_psd",
+    "AUTHORS_HISTOGRAM",
+    "authors_histogram_instances",
     "GaussianFlow",
     "gaussian_flow",
     "exact_covariance_identity_v",
@@ -76,6 +91,7 @@ __all__ = [
     "from_cone_coordinates",
     "covariance_grid",
     "affine_fit_residual",
+    "mardia_kurtosis_z",
     "loglog_slope",
     "trace_crossing_times",
     "numerical_rank",
@@ -121,6 +137,19 @@ def _row_chunks(n: int, chunk_size: int | None):
     C.positive_int(chunk_size, "chunk_size")
     for s in range(0, n, chunk_size):
         yield s, min(s + chunk_size, n)
+
+
+def _same_width(q: Tensor, k: Tensor, v: Tensor, extra: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero-pad queries/keys (no logit changes) or values (extra columns, sliced off afterwards)
+    so that values have the queries' width plus ``extra``: the CPU fused kernel takes its fast
+    path only when the widths agree (3-4x faster for d = 2 and 4, float64)."""
+    r, e = q.shape[-1] + extra, v.shape[-1]
+    if e > r:
+        pad = (0, e - r)
+        return torch.nn.functional.pad(q, pad), torch.nn.functional.pad(k, pad), v
+    if e < r:
+        return q, k, torch.nn.functional.pad(v, (0, r - e))
+    return q, k, v
 
 
 def particle_velocity(
@@ -169,8 +198,9 @@ def particle_velocity(
     sinkhorn_tol, sinkhorn_max_iter
         Column-marginal tolerance and iteration cap of the log-domain Sinkhorn loop.
     chunk_size
-        Evaluate this many query rows at a time (never holds the ``N x N`` weights; exact).
-        Sinkhorn needs the whole plan and ignores it.
+        Sigmoid only: evaluate this many query rows at a time (never holds the ``N x N``
+        weights; exact). Softmax, multi-head and L2 always run as one fused call (no ``N x N``
+        matrix); Sinkhorn needs the whole plan. They ignore it.
 
     Returns
     -------
@@ -191,21 +221,69 @@ def particle_velocity(
         q, k, v = x @ Q.T, x @ K.T, x @ V.T
     if variant == "sinkhorn":
         return sinkhorn_attention(q, k, v, beta=1.0, tol=sinkhorn_tol, max_iter=sinkhorn_max_iter).output
+    if variant in ("softmax", "multihead"):
+        # One call on the whole cloud: lib.attention hands it to the fused (tiled) kernel, which
+        # never holds the N x N weights, with the causal structure passed as a flag.
+        qp, kp, vp = _same_width(q, k, v, 0)
+        out = softmax_attention(qp, kp, vp, beta=1.0, causal=causal)[..., : v.shape[-1]]
+        return out.sum(dim=-3) if variant == "multihead" else out
+    if variant == "l2":  # also one fused call (lib.attention adds one key coordinate)
+        _, _, vp = _same_width(q, k, v, 1)
+        return l2_attention(q, k, vp, beta=1.0, causal=causal)[..., : v.shape[-1]]
     outs = []
     for s, e in _row_chunks(n, chunk_size):
         mask = None
         if causal:
             mask = torch.arange(n, device=x.device)[None, :] <= torch.arange(s, e, device=x.device)[:, None]
-        qs = q[..., s:e, :]
-        if variant in ("softmax", "multihead"):
-            o = softmax_attention(qs, k, v, beta=1.0, mask=mask)
-        elif variant == "l2":
-            o = l2_attention(qs, k, v, beta=1.0, mask=mask)
-        else:
-            o = sigmoid_attention(qs, k, v, beta=1.0, bias=bias, mask=mask)
-        outs.append(o)
-    out = torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
-    return out.sum(dim=-3) if variant == "multihead" else out
+        outs.append(sigmoid_attention(q[..., s:e, :], k, v, beta=1.0, bias=bias, mask=mask))
+    return torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
+
+
+def field_of_cloud(
+    y: Tensor,
+    x: Tensor,
+    *,
+    Q: Tensor,
+    K: Tensor,
+    V: Tensor,
+    variant: str = "softmax",
+    bias: float = 0.0,
+    positions: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    r"""The attention field of the cloud ``x`` evaluated at other points ``y``: :math:`\Gamma_{\mu_x}(y_i)`.
+
+    Queries :math:`Qy_i`, keys :math:`Kx_j`, values :math:`Vx_j`, with
+    :math:`\mu_x = \frac1M\sum_j\delta_{x_j}` (softmax, L2 or sigmoid as in
+    :func:`particle_velocity`). Tracer points ``y`` moved by this field follow the characteristics
+    of the mean-field flow approximated by ``x``: the synchronous coupling used to measure the
+    mean-field limit against an *independent* reference cloud (chapter 3, claim 3.11).
+
+    ``y`` ``(..., n, d)``, ``x`` ``(..., m, d)``; ``positions = (s_y, s_x)`` (``(n,)``, ``(m,)``)
+    makes it masked: point ``i`` sees the tokens ``j`` with :math:`s_{x,j} \le s_{y,i}`.
+    """
+    y = C.float_tensor(y, "y", min_dim=2)
+    x = C.float_tensor(x, "x", min_dim=2)
+    _variant(variant, ("softmax", "l2", "sigmoid"))
+    if y.shape[-1] != x.shape[-1]:
+        raise ValueError(f"y and x must share the last dimension, got {tuple(y.shape)} and {tuple(x.shape)}")
+    Q, K, V = _qkv_params(Q, K, V, x.shape[-1], False, x)
+    mask = None
+    if positions is not None:
+        sy, sx = (torch.as_tensor(p, device=x.device) for p in positions)
+        if sy.shape != (y.shape[-2],) or sx.shape != (x.shape[-2],):
+            raise ValueError(f"positions must be ({y.shape[-2]},) and ({x.shape[-2]},), got {tuple(sy.shape)}, {tuple(sx.shape)}")
+        mask = sx[None, :] <= sy[:, None]
+        if not bool(mask.any(-1).all()):
+            raise ValueError("every point must see at least one token (positions)")
+    q, k, v = y @ Q.T, x @ K.T, x @ V.T
+    e = v.shape[-1]
+    if variant == "softmax":
+        qp, kp, vp = _same_width(q, k, v, 0)
+        return softmax_attention(qp, kp, vp, beta=1.0, mask=mask)[..., :e]
+    if variant == "l2":
+        _, _, vp = _same_width(q, k, v, 1)
+        return l2_attention(q, k, vp, beta=1.0, mask=mask)[..., :e]
+    return sigmoid_attention(q, k, v, beta=1.0, bias=bias, mask=mask)
 
 
 def sphere_velocity(x: Tensor, *, beta: float = 1.0, chunk_size: int | None = None) -> Tensor:
@@ -215,13 +293,14 @@ def sphere_velocity(x: Tensor, *, beta: float = 1.0, chunk_size: int | None = No
        \qquad P^\perp_x y = y - \langle x, y\rangle x,
 
     the model of Geshkovski, Letrouit, Polyanskiy and Rigollet (arXiv:2312.10794, eq. (SA)).
-    ``x`` is ``(..., N, d)`` with unit rows; ``beta`` the inverse temperature. Chapter 3, claim 3.10.
+    ``x`` is ``(..., N, d)`` with unit rows; ``beta`` the inverse temperature; one call to the
+    fused kernel (``chunk_size`` is accepted and ignored). Chapter 3, claim 3.10.
     """
     x = C.float_tensor(x, "x", min_dim=2)
     beta = C.positive(beta, "beta")
-    n = x.shape[-2]
-    outs = [softmax_attention(x[..., s:e, :], x, x, beta=beta) for s, e in _row_chunks(n, chunk_size)]
-    a = torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
+    if chunk_size is not None:
+        C.positive_int(chunk_size, "chunk_size")   # accepted for compatibility: one fused call
+    a = softmax_attention(x, x, x, beta=beta)
     return a - (a * x).sum(-1, keepdim=True) * x
 
 
@@ -476,7 +555,9 @@ class CovarianceTrajectory:
     ``t`` ``(n,)`` times, ``S`` ``(n, d, d)`` covariances (projected onto the PSD cone),
     ``status`` one of ``"converged"`` (``||dS/dt||_F`` fell below ``stop_rhs``), ``"blow-up"``
     (``tr S`` reached ``stop_trace``), ``"t_max"``; ``psd_violation`` the largest negative
-    eigenvalue the projection removed (round-off, should be tiny); ``nfev`` right-hand side calls.
+    eigenvalue the projection removed (round-off, should be tiny); ``nfev`` right-hand side calls;
+    ``t_mark``, ``S_mark`` the first time and state at which ``||dS/dt||_F`` fell to ``mark_rhs``
+    (``None`` if it never did or no ``mark_rhs`` was given).
     """
 
     t: np.ndarray
@@ -484,6 +565,8 @@ class CovarianceTrajectory:
     status: str
     psd_violation: float
     nfev: int
+    t_mark: float | None = None
+    S_mark: np.ndarray | None = None
 
     @property
     def final(self) -> np.ndarray:
@@ -508,6 +591,7 @@ def evolve_covariance(
     atol: float = 1e-12,
     stop_rhs: float | None = None,
     stop_trace: float | None = None,
+    mark_rhs: float | None = None,
 ) -> CovarianceTrajectory:
     r"""Integrate :math:`\dot\Sigma = B(\Sigma)\Sigma + \Sigma B(\Sigma)^\top` with :func:`scipy.integrate.solve_ivp`.
 
@@ -520,7 +604,9 @@ def evolve_covariance(
     integration at :math:`\mathrm{tr}\,\Sigma \ge 10^{12}\max(1, \mathrm{tr}\,\Sigma_0)`, and a
     solver that fails or returns non-finite states while the trace grows is also reported as
     ``"blow-up"``, with the trajectory cut at its last finite state (never NaN states past the
-    event). ``S0`` must be symmetric PSD (``ValueError`` otherwise); the returned covariances are
+    event). ``mark_rhs`` records, without stopping, the first state with
+    :math:`\|\dot\Sigma\|_F \le` ``mark_rhs`` (``t_mark``, ``S_mark``): one run then gives the
+    authors' stopping rule and a long-time state. ``S0`` must be symmetric PSD (``ValueError`` otherwise); the returned covariances are
     projected onto the PSD cone and the size of that correction is reported.
     Chapter 3, claims 3.4 to 3.7.
     """
@@ -554,6 +640,14 @@ def evolve_covariance(
 
         ev_conv.terminal, ev_conv.direction = True, -1
         events.append(ev_conv)
+    if mark_rhs is not None:
+        mark_rhs = C.positive(mark_rhs, "mark_rhs")
+
+        def ev_mark(t, y):
+            with np.errstate(over="ignore", invalid="ignore"):
+                return np.linalg.norm(rhs_mat(y.reshape(d, d))) - mark_rhs
+
+        ev_mark.terminal, ev_mark.direction = False, -1
     guard = 1e12 * max(1.0, float(np.trace(S0)))
     level = guard if stop_trace is None else C.positive(stop_trace, "stop_trace")
 
@@ -562,6 +656,8 @@ def evolve_covariance(
 
     ev_blow.terminal, ev_blow.direction = True, 1
     events.append(ev_blow)
+    if mark_rhs is not None:
+        events.append(ev_mark)
     sol = solve_ivp(f, (0.0, t_max), S0.ravel(), method=method, rtol=rtol, atol=atol, t_eval=t_eval, events=events)
     ts, ys = sol.t, sol.y.T
     finite = np.all(np.isfinite(ys), axis=1)
@@ -572,8 +668,9 @@ def evolve_covariance(
     if sol.status == 1:
         conv_fired = stop_rhs is not None and sol.t_events[0].size > 0
         status = "converged" if conv_fired else "blow-up"
-        te = np.concatenate([e for e in sol.t_events if e.size])[:1]
-        ye = np.concatenate([e for e in sol.y_events if e.size])[:1]
+        nterm = len(events) - (mark_rhs is not None)
+        te = np.concatenate([e for e in sol.t_events[:nterm] if e.size])[:1]
+        ye = np.concatenate([e for e in sol.y_events[:nterm] if e.size])[:1]
         if ts.size == 0 or ts[-1] < te[0]:
             ts, ys = np.concatenate([ts, te]), np.concatenate([ys, ye])
     grew = ts.size > 0 and np.trace(ys[-1].reshape(d, d)) > 1e3 * max(1.0, float(np.trace(S0)))
@@ -584,7 +681,12 @@ def evolve_covariance(
     if ts.size == 0:
         raise RuntimeError("solve_ivp returned no finite state")
     Ss, neg = psd_project(ys.reshape(-1, d, d))
-    return CovarianceTrajectory(t=ts, S=Ss, status=status, psd_violation=neg, nfev=int(sol.nfev))
+    t_mark = S_mark = None
+    if mark_rhs is not None and sol.t_events[-1].size:
+        t_mark = float(sol.t_events[-1][0])
+        S_mark = psd_project(sol.y_events[-1][0].reshape(d, d))[0]
+    return CovarianceTrajectory(t=ts, S=Ss, status=status, psd_violation=neg, nfev=int(sol.nfev),
+                                t_mark=t_mark, S_mark=S_mark)
 
 
 @dataclass
@@ -639,6 +741,242 @@ def gaussian_flow(
         ys = sol.y.T
     return GaussianFlow(t=t_eval, m=ys[:, :d], S=ys[:, d:d + d * d].reshape(-1, d, d),
                         Phi=ys[:, d + d * d:].reshape(-1, d, d))
+
+
+def authors_params(Q, K, V, *, variant: str, n_heads: int = 1):
+    r"""Map the authors' parameters (their ``rhs_*`` functions) to this module's convention.
+
+    The authors' repository (``vcastin/2025-transformers-PDEs``, ``utils.py``) scales the logits
+    by :math:`1/\sqrt d` for softmax and L2 and by :math:`1/\sqrt k` per head of dimension
+    :math:`k = d/H` for multi-head attention, and not at all for Sinkhorn. For L2 only the cross
+    term carries the scale: their field is the kernel
+    :math:`e^{2\langle Qx, Ky\rangle/\sqrt d - \|Ky\|^2}`, which after normalisation is the
+    L2 kernel :math:`e^{-\|Q'x - Ky\|^2}` of this module with :math:`Q' = Q/\sqrt d` (the
+    :math:`\|Q'x\|^2` factor cancels). So their system is this module's with
+
+    * ``"softmax"``, ``"l2"``: :math:`(Q/\sqrt d, K, V)`;
+    * ``"multihead"``: :func:`split_heads` with ``n_heads`` and ``scale=True``;
+    * ``"sinkhorn"``: :math:`(Q, K, V)` unchanged.
+
+    ``Q``, ``K`` ``(r, d)``, ``V`` ``(d, d)`` as in the authors' scripts; ``n_heads`` is their
+    ``H`` (multi-head only, ignored otherwise). Returns ``(Q, K, V)``
+    for :func:`evolve_covariance`, :func:`covariance_rhs` etc. (stacked per head for
+    ``"multihead"``). Chapter 3 uses it wherever it runs the authors' instances.
+    """
+    _variant(variant, CLOSED_VARIANTS)
+    Q, K, V = (np.asarray(a, dtype=float) for a in (Q, K, V))
+    if variant == "multihead":
+        return split_heads(Q, K, V, n_heads, scale=True)
+    if Q.ndim != 2 or Q.shape != K.shape or V.shape != (Q.shape[1], Q.shape[1]):
+        raise ValueError(f"need Q, K (r, d) and V (d, d), got {Q.shape}, {K.shape}, {V.shape}")
+    if variant in ("softmax", "l2"):
+        return Q / math.sqrt(Q.shape[1]), K, V
+    return Q, K, V
+
+
+def _batched(a: np.ndarray, n: int, nd: int, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=float)
+    if a.ndim == nd:
+        a = np.broadcast_to(a, (n, *a.shape))
+    if a.ndim != nd + 1 or a.shape[0] != n:
+        raise ValueError(f"{name} must be shared ({nd}-D) or one per instance ({n}, ...), got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return a
+
+
+def _rhs_batched(S: np.ndarray, Q, K, V, variant: str) -> np.ndarray:
+    """dS/dt for a batch ``S`` ``(n, d, d)`` with per-instance parameters (softmax, L2, multi-head)."""
+    d = S.shape[-1]
+    if variant == "softmax":
+        B = V @ S @ (np.swapaxes(K, -1, -2) @ Q)
+    elif variant == "l2":
+        KK = np.swapaxes(K, -1, -2) @ K
+        B = 2.0 * V @ np.linalg.solve(np.eye(d) + 2.0 * S @ KK, S) @ (np.swapaxes(K, -1, -2) @ Q)
+    elif variant == "multihead":
+        B = np.einsum("nhij,njk,nhlk,nhlm->nim", V, S, K, Q)
+    else:  # sinkhorn: per instance
+        B = np.stack([_field(None, S[i], Q[i], K[i], V[i], variant)[0] for i in range(S.shape[0])])
+    return B @ S + S @ np.swapaxes(B, -1, -2)
+
+
+@dataclass
+class EulerResult:
+    r"""Output of :func:`euler_psd` for ``n`` instances.
+
+    ``S`` ``(n, d, d)``: the last iterate each run recorded (the authors keep the iterate whose
+    right-hand side fell below ``tol_low``); ``status`` ``(n,)``: ``"converged"``, ``"blow-up"``
+    (trace above ``tol_high``) or ``"max_iter"``; ``steps`` ``(n,)`` iterations taken;
+    ``S_first`` ``(n, d, d)`` the iterate after the first step; ``clipped`` ``(n,)`` how many
+    steps had an eigenvalue clipped by the PSD projection; ``first_clipped`` ``(n,)`` how many
+    eigenvalues the first step clipped.
+    """
+
+    S: np.ndarray
+    status: np.ndarray
+    steps: np.ndarray
+    S_first: np.ndarray
+    clipped: np.ndarray
+    first_clipped: np.ndarray
+
+
+def euler_psd(
+    S0: np.ndarray,
+    *,
+    Q,
+    K,
+    V,
+    variant: str = "softmax",
+    step: float,
+    tol_low: float,
+    tol_high: float = 1e3,
+    max_iter: int = 50_000,
+    floor: float = 1e-14,
+) -> EulerResult:
+    r"""The authors' integrator: explicit Euler with a projection onto the PSD cone, batched.
+
+    .. math:: \Sigma_{k+1} = \Pi\big(\Sigma_k + h\,F(\Sigma_k)\big),
+
+    where :math:`F` is :func:`covariance_rhs` and :math:`\Pi` replaces every negative eigenvalue
+    by ``floor`` (their ``psd_projection``, ``1e-14``). A run stops when
+    :math:`\|F(\Sigma_k)\|_F <` ``tol_low`` (converged: :math:`\Sigma_k` is kept),
+    :math:`\mathrm{tr}\,\Sigma_{k+1} >` ``tol_high`` (blow-up) or after ``max_iter`` steps, as in
+    their ``evolution``. Steps are vectorised over the ``n`` instances; finished ones are frozen.
+
+    Parameters
+    ----------
+    S0
+        ``(n, d, d)`` (or ``(d, d)``) symmetric PSD initial covariances.
+    Q, K, V
+        Shared (``(r, d)``, ``(r, d)``, ``(d, d)``; multi-head stacked) or one per instance (a
+        leading axis of length ``n``), in this module's convention (:func:`authors_params`).
+    step
+        The Euler step :math:`h`.
+    """
+    _variant(variant, CLOSED_VARIANTS)
+    S0 = np.asarray(S0, dtype=float)
+    if S0.ndim == 2:
+        S0 = S0[None]
+    if S0.ndim != 3 or S0.shape[1] != S0.shape[2]:
+        raise ValueError(f"S0 must be (n, d, d) or (d, d), got shape {S0.shape}")
+    for i in range(S0.shape[0]):
+        check_covariance(S0[i], f"S0[{i}]")
+    n, d = S0.shape[0], S0.shape[1]
+    nd = 3 if variant == "multihead" else 2
+    Q, K, V = (_batched(a, n, nd, name) for a, name in ((Q, "Q"), (K, "K"), (V, "V")))
+    if Q.shape != K.shape or Q.shape[-1] != d or V.shape[-2:] != (d, d):
+        raise ValueError(f"shapes do not fit d={d}: Q {Q.shape}, K {K.shape}, V {V.shape}")
+    if variant == "multihead" and V.shape[1] != Q.shape[1]:
+        raise ValueError(f"Q and K have {Q.shape[1]} heads but V has {V.shape[1]} heads")
+    for i in range(n if variant == "sinkhorn" else 0):
+        _sinkhorn_guard(Q[i], K[i], variant)
+    step = C.positive(step, "step")
+    tol_low = C.positive(tol_low, "tol_low")
+    tol_high = C.positive(tol_high, "tol_high")
+    C.positive_int(max_iter, "max_iter")
+    KT = np.swapaxes(K, -1, -2)
+    A = KT @ Q if variant in ("softmax", "l2") else None
+    KK = KT @ K if variant == "l2" else None
+    eye = np.eye(d)
+
+    def rhs(S):
+        if variant == "softmax":
+            B = V @ S @ A
+        elif variant == "l2":
+            B = 2.0 * V @ np.linalg.solve(eye + 2.0 * S @ KK, S) @ A
+        else:
+            B = None
+        if B is None:
+            return _rhs_batched(S, Q, K, V, variant)
+        return B @ S + S @ np.swapaxes(B, -1, -2)
+
+    S = S0.copy()
+    out = S0.copy()
+    status = np.full(n, "max_iter", dtype=object)
+    steps = np.full(n, max_iter)
+    clipped = np.zeros(n, dtype=int)
+    first_clipped = np.zeros(n, dtype=int)
+    S_first = S0.copy()
+    live = np.ones(n, dtype=bool)
+    for it in range(max_iter):
+        F = rhs(S)
+        norm = np.sqrt((F * F).sum((-2, -1)))
+        Y = S + step * F
+        Y = (Y + np.swapaxes(Y, -1, -2)) / 2
+        try:  # every iterate positive definite: the projection is the identity (fast path)
+            np.linalg.cholesky(Y)
+            neg = np.zeros((n, d), dtype=bool)
+            Sn, trace = Y, np.trace(Y, axis1=-2, axis2=-1)
+        except np.linalg.LinAlgError:
+            lam, U = np.linalg.eigh(Y)
+            neg = lam < 0
+            lam = np.where(neg, floor, lam)
+            Sn = (U * lam[:, None, :]) @ np.swapaxes(U, -1, -2)
+            trace = lam.sum(-1)
+        clipped += neg.any(-1) & live
+        if it == 0:
+            first_clipped = neg.sum(-1)
+            S_first = Sn.copy()
+        conv = live & (norm < tol_low)
+        blow = live & ~conv & (trace > tol_high)
+        out[conv] = S[conv]
+        out[blow] = Sn[blow]
+        status[conv] = "converged"
+        status[blow] = "blow-up"
+        steps[conv | blow] = it
+        live &= ~(conv | blow)
+        S = np.where(live[:, None, None], Sn, S)
+        if not live.any():
+            break
+    out[live] = S[live]
+    return EulerResult(S=out, status=status, steps=steps, S_first=S_first, clipped=clipped,
+                       first_clipped=first_clipped)
+
+
+#: The authors' histogram protocol (``histograms.py``): Euler step per dimension (3, 4, 5),
+#: stopping tolerance on ``||dS/dt||_F`` and iteration cap, per (variant, V kind).
+AUTHORS_HISTOGRAM = {
+    ("softmax", "I"): dict(step=(0.09, 0.05, 0.02), tol=1e-4, max_iter=60_000),
+    ("softmax", "SPD"): dict(step=(0.09, 0.06, 0.02), tol=5e-5, max_iter=90_000),
+    ("l2", "I"): dict(step=(0.09, 0.06, 0.02), tol=1e-4, max_iter=60_000),
+    ("l2", "SPD"): dict(step=(0.15, 0.15, 0.15), tol=5e-5, max_iter=50_000),
+}
+
+
+def authors_histogram_instances(variant: str, v_kind: str, *, n_per_dim: int = 100,
+                                dims: tuple[int, ...] = (3, 4, 5)) -> dict:
+    r"""The random instances of the authors' rank histograms (``histograms.py``), regenerated.
+
+    Their script draws, with numpy's legacy generator, ``Q`` ``(d//2, d)`` standard normal for
+    100 instances per dimension (seed 40), ``K = -Q``, ``V = I`` or ``V = G^\top G`` with ``G``
+    standard normal (seed 26 for softmax, 27 for L2), and per dimension one initial covariance
+    ``S0 = G G^\top`` per instance (seed 41, reset for each dimension). The first
+    ``n_per_dim`` instances of each dimension are returned as ``{d: (Q, K, V, S0)}`` with stacked
+    arrays, in the authors' convention (map them with :func:`authors_params`). When one of their
+    runs did not converge, their script drew a further ``S0`` for the same ``Q``; the sequence
+    here assumes every run converged. Chapter 3, claim 3.6.
+    """
+    _variant(variant, ("softmax", "l2"))
+    if v_kind not in ("I", "SPD"):
+        raise ValueError(f"v_kind must be 'I' or 'SPD', got {v_kind!r}")
+    C.positive_int(n_per_dim, "n_per_dim")
+    if n_per_dim > 100:
+        raise ValueError("the authors drew 100 instances per dimension")
+    rs = np.random.RandomState(40)
+    dim_rep = np.repeat(np.asarray(dims), 100)
+    Qs = [rs.randn(d // 2, d) for d in dim_rep]
+    if v_kind == "SPD":
+        rv = np.random.RandomState(26 if variant == "softmax" else 27)
+        Vs = [(lambda g: g.T @ g)(rv.randn(d, d)) for d in dim_rep]
+    else:
+        Vs = [np.eye(d) for d in dim_rep]
+    out = {}
+    for j, d in enumerate(dims):
+        ri = np.random.RandomState(41)
+        S0 = np.stack([(lambda g: g @ g.T)(ri.randn(d, d)) for _ in range(n_per_dim)])
+        Q = np.stack(Qs[100 * j:100 * j + n_per_dim])
+        out[d] = (Q, -Q, np.stack(Vs[100 * j:100 * j + n_per_dim]), S0)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -781,6 +1119,29 @@ def affine_fit_residual(x0: np.ndarray | Tensor, x1: np.ndarray | Tensor) -> flo
     X = np.concatenate([x0, np.ones((x0.shape[0], 1))], axis=1)
     W, *_ = np.linalg.lstsq(X, x1, rcond=None)
     return float(np.linalg.norm(x1 - X @ W) / np.linalg.norm(x1 - x1.mean(0)))
+
+
+def mardia_kurtosis_z(x: np.ndarray | Tensor) -> float:
+    r"""Mardia's multivariate kurtosis test statistic of a sample ``x`` ``(N, d)``:
+
+    .. math:: b_{2,d} = \frac1N\sum_i \big((x_i-\bar x)^\top \hat\Sigma^{-1}(x_i-\bar x)\big)^2,\qquad
+       z = \frac{b_{2,d} - d(d+2)}{\sqrt{8d(d+2)/N}},
+
+    with :math:`\hat\Sigma` the sample covariance (divisor ``N``). For a Gaussian sample
+    :math:`z` is approximately standard normal; it is affine invariant, so a cloud moved by an
+    affine map keeps it, and a non-Gaussian law (e.g. uniform: :math:`b_{2,2} = 5.6` instead of 8)
+    drives :math:`|z|` up like :math:`\sqrt N`. Mardia (1970), Biometrika 57; chapter 3, claim 3.3.
+    """
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=float)
+    if x.ndim != 2 or x.shape[0] <= x.shape[1] + 1:
+        raise ValueError(f"need a sample (N, d) with N > d + 1, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains non-finite values (NaN or inf)")
+    n, d = x.shape
+    z = x - x.mean(0)
+    S = z.T @ z / n
+    r = np.einsum("ni,ij,nj->n", z, np.linalg.inv(S), z)
+    return float((np.mean(r**2) - d * (d + 2)) / math.sqrt(8 * d * (d + 2) / n))
 
 
 def loglog_slope(n: np.ndarray, e: np.ndarray) -> float:

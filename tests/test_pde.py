@@ -277,3 +277,175 @@ def test_non_finite_mean_message_names_the_problem():
         pde.affine_field(np.array([np.nan, 0.0]), S0, Q=S0, K=S0, V=S0)
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         pde.affine_field(np.zeros(3), S0, Q=S0, K=S0, V=S0)
+
+
+# ------------------------------------------------------------------ the authors' convention and integrator
+
+def _authors_rhs(S, Q, K, V, variant, H=1):
+    """The authors' covariance right-hand sides, transcribed from their formulas (paper note 1.2-1.4)."""
+    d = S.shape[0]
+    if variant == "softmax":
+        A = K.T @ Q / np.sqrt(d)
+        R = V @ S @ A @ S
+    elif variant == "l2":
+        A = K.T @ Q / np.sqrt(d)
+        R = 2 * V @ S @ np.linalg.inv(np.eye(d) + 2 * K.T @ K @ S) @ A @ S
+    else:
+        k = d // H
+        R = np.zeros((d, d))
+        for h in range(H):
+            rows = slice(k * h, k * (h + 1))
+            A = K[rows].T @ Q[rows] / np.sqrt(k)
+            R = R + np.eye(d)[rows].T @ V[rows] @ S @ A @ S
+    return R + R.T
+
+
+@pytest.mark.parametrize("variant,H,r", [("softmax", 1, 2), ("l2", 1, 2), ("l2", 1, 3),
+                                         ("multihead", 2, 4), ("multihead", 2, 1)])
+def test_authors_params_reproduce_their_right_hand_sides(variant, H, r):
+    rng = np.random.default_rng(11)
+    d = 4
+    Q, K, V = rng.standard_normal((r, d)), rng.standard_normal((r, d)), rng.standard_normal((d, d))
+    G = rng.standard_normal((d, d))
+    S = G @ G.T
+    Qo, Ko, Vo = pde.authors_params(Q, K, V, variant=variant, n_heads=H)
+    got = pde.covariance_rhs(S, Q=Qo, K=Ko, V=Vo, variant=variant)
+    assert np.abs(got - _authors_rhs(S, Q, K, V, variant, H)).max() < 1e-10 * np.abs(got).max()
+
+
+def test_euler_psd_small_step_matches_exact_solution():
+    Q, K, _, S0, _ = _params(3, 12)
+    A = K.T @ Q
+    t1 = 0.3 * min(pde.blowup_time(S0, A), 1.0)
+    h = t1 / 4000
+    r = pde.euler_psd(S0, Q=Q, K=K, V=np.eye(3), step=h, tol_low=1e-30, max_iter=4000)
+    ex = pde.exact_covariance_identity_v(S0, A, t1)
+    assert r.status[0] == "max_iter" and np.abs(r.S[0] - ex).max() < 1e-3 * np.abs(ex).max()
+
+
+def test_euler_psd_projection_overshoot_and_blowup():
+    one = np.ones((1, 1))
+    # dS/dt = -2 S^2 from S0 = 10 with h = 0.1: the first step lands at -10, clipped to 1e-14
+    r = pde.euler_psd(10 * one, Q=one, K=-one, V=one, step=0.1, tol_low=1e-6)
+    assert r.first_clipped[0] == 1 and r.S_first[0, 0, 0] == 1e-14
+    assert r.status[0] == "converged" and r.steps[0] == 1 and r.S[0, 0, 0] == 1e-14
+    # dS/dt = 2 S^2 blows up at t* = 1/2
+    r = pde.euler_psd(one, Q=one, K=one, V=one, step=1e-3, tol_low=1e-9)
+    assert r.status[0] == "blow-up" and abs(r.steps[0] * 1e-3 - 0.5) < 0.01
+
+
+def test_euler_psd_batched_equals_single_runs():
+    rng = np.random.default_rng(13)
+    Qs = rng.standard_normal((3, 1, 3))
+    S0 = np.stack([g @ g.T for g in rng.standard_normal((3, 3, 3))])
+    Vs = np.stack([g.T @ g for g in rng.standard_normal((3, 3, 3))])
+    for variant in ("softmax", "l2"):
+        kw = dict(variant=variant, step=0.02, tol_low=1e-2, max_iter=400)
+        batch = pde.euler_psd(S0, Q=Qs, K=-Qs, V=Vs, **kw)
+        for i in range(3):
+            one = pde.euler_psd(S0[i], Q=Qs[i], K=-Qs[i], V=Vs[i], **kw)
+            assert one.status[0] == batch.status[i] and one.steps[0] == batch.steps[i]
+            assert np.abs(one.S[0] - batch.S[i]).max() < 1e-12
+
+
+def test_euler_psd_bad_input():
+    with pytest.raises(ValueError, match="heads"):
+        Qh, Kh, Vh = pde.split_heads(np.eye(2), np.eye(2), np.eye(2), 2)
+        pde.euler_psd(np.eye(2), Q=Qh, K=Kh, V=Vh[:1], variant="multihead", step=0.1, tol_low=1e-3)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        pde.euler_psd(-np.eye(2), Q=np.eye(2), K=np.eye(2), V=np.eye(2), step=0.1, tol_low=1e-3)
+
+
+# ------------------------------------------------------------------ property: closure = affine fit of the field
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+_entries = st.floats(-0.6, 0.6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    Q=arrays(float, (2, 2), elements=_entries),
+    K=arrays(float, (2, 2), elements=_entries),
+    V=arrays(float, (2, 2), elements=st.floats(-2, 2)),
+    L=arrays(float, (2, 2), elements=st.floats(-0.8, 0.8)),
+    m=arrays(float, (2,), elements=st.floats(-1, 1)),
+    variant=st.sampled_from(["softmax", "l2"]),
+)
+def test_property_closure_is_the_affine_fit_of_the_field(Q, K, V, L, m, variant):
+    """The field of N(m, S), computed by Gauss-Hermite quadrature (an independent reference),
+    is affine in x, and the least-squares affine fit of it equals the closed form (B, c)."""
+    S = L @ L.T + 0.2 * np.eye(2)
+    z, w = np.polynomial.hermite_e.hermegauss(40)              # nodes/weights for N(0, 1)
+    Z = np.stack(np.meshgrid(z, z, indexing="ij"), -1).reshape(-1, 2)
+    W = np.outer(w, w).ravel()
+    y = m + Z @ np.linalg.cholesky(S).T                        # quadrature nodes of N(m, S)
+    xq = np.stack(np.meshgrid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 4)), -1).reshape(-1, 2)
+    if variant == "softmax":
+        logk = (xq @ Q.T) @ (y @ K.T).T
+    else:
+        logk = -(((xq @ Q.T)[:, None, :] - (y @ K.T)[None]) ** 2).sum(-1)
+    k = W * np.exp(logk - logk.max(1, keepdims=True))
+    F = (k @ y) / k.sum(1, keepdims=True) @ V.T
+    X = np.concatenate([xq, np.ones((len(xq), 1))], 1)
+    coef, *_ = np.linalg.lstsq(X, F, rcond=None)
+    B, c = pde.affine_field(m, S, Q=Q, K=K, V=V, variant=variant)
+    scale = 1 + np.abs(F).max()
+    assert np.abs(X @ coef - F).max() < 1e-8 * scale               # the field is affine
+    assert np.abs(coef[:2].T - B).max() < 1e-8 * scale and np.abs(coef[2] - c).max() < 1e-8 * scale
+
+
+def test_mark_rhs_equals_the_stopping_rule():
+    Q, _, _, S0, _ = _params(2, 14)
+    kw = dict(Q=Q, K=-Q, V=np.eye(2), rtol=1e-10, atol=1e-14)
+    stop = pde.evolve_covariance(S0, **kw, t_max=1e6, stop_rhs=1e-4)
+    mark = pde.evolve_covariance(S0, **kw, t_max=1e6, mark_rhs=1e-4, t_eval=np.array([0.0, 1e6]))
+    assert stop.status == "converged" and mark.status == "t_max"
+    assert abs(mark.t_mark - stop.t[-1]) < 1e-6 * stop.t[-1]
+    assert np.abs(mark.S_mark - stop.final).max() < 1e-7
+
+
+def test_field_of_cloud_matches_brute_force_and_particle_velocity():
+    Q, K, V, _, _ = _params(2, 15)
+    x = torch.randn(60, 2, dtype=DT)
+    y = torch.randn(7, 2, dtype=DT)
+    q, k, v = y @ _t(Q).T, x @ _t(K).T, x @ _t(V).T
+    ref = torch.softmax(q @ k.T, -1) @ v
+    assert torch.allclose(pde.field_of_cloud(y, x, Q=_t(Q), K=_t(K), V=_t(V)), ref, atol=1e-12)
+    ref_sig = torch.sigmoid(q @ k.T + 0.3) @ v / 60
+    got = pde.field_of_cloud(y, x, Q=_t(Q), K=_t(K), V=_t(V), variant="sigmoid", bias=0.3)
+    assert torch.allclose(got, ref_sig, atol=1e-12)
+    # on the cloud itself with positions 0..N-1 it is the causal particle field
+    pos = torch.arange(60)
+    got = pde.field_of_cloud(x, x, Q=_t(Q), K=_t(K), V=_t(V), variant="l2", positions=(pos, pos))
+    assert torch.allclose(got, pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), variant="l2", causal=True), atol=1e-12)
+    with pytest.raises(ValueError, match="see at least one"):
+        pde.field_of_cloud(y, x, Q=_t(Q), K=_t(K), V=_t(V), positions=(torch.zeros(7), torch.ones(60)))
+
+
+def test_mardia_kurtosis_z():
+    rng = np.random.default_rng(16)
+    g = rng.standard_normal((20000, 2))
+    zs = [pde.mardia_kurtosis_z(rng.standard_normal((4000, 2))) for _ in range(20)]
+    assert abs(np.mean(zs)) < 0.8 and 0.6 < np.std(zs) < 1.5          # approximately N(0, 1)
+    M = np.array([[2.0, 1.0], [0.0, 0.5]])
+    assert abs(pde.mardia_kurtosis_z(g @ M.T + 3) - pde.mardia_kurtosis_z(g)) < 1e-8  # affine invariant
+    u = rng.uniform(-1, 1, (4000, 2))
+    b2 = 5.6                                                           # uniform square
+    assert abs(pde.mardia_kurtosis_z(u) - (b2 - 8) / np.sqrt(64 / 4000)) < 5
+
+
+def test_authors_histogram_instances_follow_their_recipe():
+    inst = pde.authors_histogram_instances("softmax", "SPD", n_per_dim=3)
+    Q, K, V, S0 = inst[4]
+    rs = np.random.RandomState(40)
+    first = [rs.randn(d // 2, d) for d in np.repeat([3, 4, 5], 100)]
+    assert np.array_equal(Q[0], first[100]) and np.array_equal(K, -Q)
+    rv = np.random.RandomState(26)
+    g = [rv.randn(d, d) for d in np.repeat([3, 4, 5], 100)][100]
+    assert np.allclose(V[0], g.T @ g)
+    g = np.random.RandomState(41).randn(4, 4)
+    assert np.allclose(S0[0], g @ g.T)
+    assert np.array_equal(pde.authors_histogram_instances("l2", "I", n_per_dim=2)[5][2][1], np.eye(5))
