@@ -127,6 +127,14 @@ def _fused(q: Tensor, k: Tensor, v: Tensor, *, scale: float, mask: Tensor | None
     batch = q.shape[:-2]
     n, m = q.shape[-2], k.shape[-2]
     q4, k4, v4 = _to4(q, batch), _to4(k, batch), _to4(v, batch)
+    e = v.shape[-1]
+    # the CPU's fused kernel needs equal query/key and value widths: otherwise torch falls back to
+    # its math path (4-5x slower, an n x m matrix). Zero columns change no logit and no output.
+    width = max(q4.shape[-1], e)
+    if q4.shape[-1] < width:
+        q4, k4 = F.pad(q4, (0, width - q4.shape[-1])), F.pad(k4, (0, width - k4.shape[-1]))
+    elif e < width:
+        v4 = F.pad(v4, (0, width - e))
     kw: dict = {}
     if causal:
         _check_causal(n, m)
@@ -141,12 +149,12 @@ def _fused(q: Tensor, k: Tensor, v: Tensor, *, scale: float, mask: Tensor | None
         # run the square causal problem, drop their rows; no n x m mask
         if m > n:
             q4 = torch.cat([q4.new_zeros(*q4.shape[:-2], m - n, q4.shape[-1]), q4], dim=-2)
-        out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, is_causal=True)[..., m - n :, :]
-        return out.reshape(*batch, n, v.shape[-1])
+        out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, is_causal=True)[..., m - n :, :e]
+        return out.reshape(*batch, n, e)
     elif causal:
         kw["attn_mask"] = causal_mask(n, m, device=q.device)  # few queries, many keys: n x m is small
-    out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, **kw)
-    return out.reshape(*batch, n, v.shape[-1])
+    out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, **kw)[..., :e]
+    return out.reshape(*batch, n, e)
 
 
 def attention_scores(q: Tensor, k: Tensor, *, beta: float | None = None) -> Tensor:

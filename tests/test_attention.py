@@ -350,3 +350,20 @@ def test_causal_and_mask_combined():
     for b in range(2):
         ref = brute_softmax_attention(q[b], k[b], v[b], 1 / math.sqrt(3), mask[b] & A.causal_mask(6))
         assert torch.allclose(out[b], ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("dq, e", [(2, 4), (8, 2), (3, 3), (5, 64)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_unequal_value_width_matches_brute_force(dq, e, causal):
+    """Zero-padding to equal widths (the fused kernel's fast path) changes no output."""
+    g = torch.Generator().manual_seed(dq * 100 + e)
+    q = torch.randn(2, 7, dq, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 9, dq, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 9, e, generator=g, dtype=torch.float64)
+    s = q @ k.transpose(-1, -2) / dq**0.5
+    if causal:
+        s = s.masked_fill(~torch.ones(7, 9, dtype=torch.bool).tril(9 - 7), float("-inf"))
+    ref = torch.softmax(s, -1) @ v
+    out = A.softmax_attention(q, k, v, causal=causal)
+    assert out.shape == (2, 7, e)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
