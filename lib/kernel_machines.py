@@ -40,11 +40,29 @@ from .kernels import FeatureMapKernel
 Tensor = torch.Tensor
 
 __all__ = [
-    "multi_indices", "taylor_feature_dim", "taylor_features", "TaylorKernel", "taylor_kernel", "truncated_exp_dot",
-    "positive_random_features", "random_feature_kernel",
-    "attention_gram", "asymmetry", "symmetric_part_eigvals", "numerical_rank", "polynomial_rank_bound",
-    "duality_map", "span_residual", "BinaryKernelMachine", "fit_binary_kernel_machine",
-    "QueryKeyKernelModel", "fit_kernel_model", "KernelFit",
+    "BinaryKernelMachine",
+    "KernelFit",
+    "QueryKeyKernelModel",
+    "TaylorKernel",
+    "asymmetry",
+    "attention_gram",
+    "duality_map",
+    "fit_binary_kernel_machine",
+    "fit_kernel_model",
+    "mercer_diagnostics",
+    "multi_indices",
+    "numerical_rank",
+    "polynomial_rank_bound",
+    "positive_random_features",
+    "random_feature_kernel",
+    "rank_curve",
+    "span_residual",
+    "symmetric_part_eigvals",
+    "taylor_feature_dim",
+    "taylor_features",
+    "taylor_kernel",
+    "taylor_remainder",
+    "truncated_exp_dot",
 ]
 
 
@@ -149,6 +167,43 @@ def truncated_exp_dot(q: Tensor, k: Tensor, degree: int, *, scale: float | None 
         term = term * u / n
         out = out + term
     return out
+
+
+def taylor_remainder(q: Tensor, k: Tensor, degree: int, *, scale: float | None = None,
+                     rtol: float = 1e-17, max_terms: int = 2000) -> Tensor:
+    r"""Remainder of the degree-:math:`N` Taylor series of :math:`\exp(s\,q\cdot k)`, without cancellation.
+
+    .. math:: R_N(u) = e^{u} - \sum_{n=0}^{N}\frac{u^n}{n!} = \sum_{n>N}\frac{u^n}{n!},
+              \qquad u = s\, q_i\cdot k_j ,
+
+    evaluated as the tail sum on the right (first term from :math:`\log|u|` and
+    :math:`\log\Gamma`, then the ratio :math:`u/(n+1)`), until every new term is below ``rtol``
+    times its running tail or ``max_terms`` terms were added. The difference on the left loses all
+    digits once :math:`|R_N|` falls below the float64 round-off of :math:`e^u` (about
+    :math:`10^{-16}e^{|u|}`); the tail sum keeps its relative accuracy down to underflow, so the
+    decay of :math:`R_N` can be followed to any degree. ``q`` ``(..., n, d)``, ``k`` ``(..., m, d)``;
+    returns ``(..., n, m)``. Chapter 4, claim 4.2c.
+    """
+    q = C.float_tensor(q, "q", min_dim=2)
+    k = C.float_tensor(k, "k", min_dim=2)
+    taylor_feature_dim(q.shape[-1], degree)
+    max_terms = C.positive_int(max_terms, "max_terms")
+    rtol = C.positive(rtol, "rtol")
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else C.positive(scale, "scale")
+    u = s * (q @ k.transpose(-1, -2))
+    n0 = degree + 1
+    with torch.no_grad():
+        log_first = n0 * torch.log(u.abs()) - math.lgamma(n0 + 1)
+    term = torch.where(u == 0, torch.zeros_like(u), torch.sign(u) ** n0 * torch.exp(log_first))
+    tail = term.clone()
+    n = n0
+    for _ in range(max_terms - 1):
+        term = term * u / (n + 1)
+        n += 1
+        tail = tail + term
+        if bool((term.abs() <= rtol * tail.abs()).all()):
+            break
+    return tail
 
 
 class TaylorKernel(FeatureMapKernel):
@@ -299,6 +354,41 @@ def numerical_rank(M: Tensor, *, rtol: float = 1e-10) -> int:
     return int((sv > rtol * sv.max()).sum())
 
 
+def rank_curve(kernel, q: Tensor, k: Tensor, sizes, *, rtol: float = 1e-10) -> list[int]:
+    r"""Numerical rank (:func:`numerical_rank`) of the :math:`n\times n` Gram matrix
+    :math:`[\kappa(q_i, k_j)]_{i,j<n}` for each ``n`` in ``sizes`` (the first ``n`` rows of ``q``
+    ``(N, d)`` and ``k`` ``(N, d)``). ``kernel`` is a :class:`lib.kernels.Kernel`.
+
+    A kernel with a :math:`D`-dimensional feature map has rank :math:`\min(n, D)` at most, so its
+    curve saturates at :math:`D`; an infinite-dimensional kernel's rank keeps growing with
+    :math:`n` (at a fixed ``rtol`` more slowly than :math:`n` when its spectrum decays fast).
+    Chapter 4, claim 4.2e.
+    """
+    q = C.float_tensor(q, "q", min_dim=2)
+    k = C.float_tensor(k, "k", min_dim=2)
+    sizes = [C.positive_int(n, "size") for n in sizes]
+    if not sizes:
+        raise ValueError("sizes is empty")
+    if max(sizes) > min(q.shape[-2], k.shape[-2]):
+        raise ValueError(f"largest size {max(sizes)} exceeds the number of points {min(q.shape[-2], k.shape[-2])}")
+    G = kernel.gram(q[..., : max(sizes), :], k[..., : max(sizes), :])
+    return [numerical_rank(G[..., :n, :n], rtol=rtol) for n in sizes]
+
+
+def mercer_diagnostics(x: Tensor, W_Q: Tensor, W_K: Tensor) -> dict[str, float]:
+    r"""Non-Mercer diagnostics of the attention Gram matrix :math:`K = [\kappa(x_i, x_j)]` on shared points.
+
+    Returns ``asymmetry`` (:func:`asymmetry`), ``min_eig_rel`` (smallest eigenvalue of
+    :math:`(K+K^\top)/2` over the largest absolute one: negative = indefinite) and ``n_negative``
+    (number of negative eigenvalues). ``x`` ``(n, d_x)``, ``W_Q``, ``W_K`` ``(d, d_x)``.
+    Chapter 4, claim 4.1.
+    """
+    K = attention_gram(x, x, W_Q, W_K)
+    ev = symmetric_part_eigvals(K)
+    return {"asymmetry": asymmetry(K), "min_eig_rel": float(ev.min() / ev.abs().max()),
+            "n_negative": int((ev < 0).sum())}
+
+
 def polynomial_rank_bound(d: int, degree: int, *, homogeneous: bool = False) -> int:
     r"""Feature dimension of :math:`(c + q\cdot k)^p` in :math:`\mathbb R^d`, which caps the Gram rank:
     :math:`\binom{d+p}{p}` (:math:`c>0`) or :math:`\binom{d+p-1}{p}` (:math:`c=0`)."""
@@ -445,7 +535,6 @@ def fit_binary_kernel_machine(Phi: np.ndarray | Tensor, Psi: np.ndarray | Tensor
     def hess(x):
         u, w = x[:F], x[F:]
         fu, gw = Phi @ u, Psi @ w
-        r = np.outer(fu, gw) - Z
         huu = (gw @ gw) * Phi.T @ Phi + lam * (p - 1) * np.diag(np.abs(u) ** (p - 2))
         hww = (fu @ fu) * Psi.T @ Psi + lam * (q - 1) * np.diag(np.abs(w) ** (q - 2))
         huw = Phi.T @ (2 * np.outer(fu, gw) - Z) @ Psi

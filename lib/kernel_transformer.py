@@ -15,8 +15,10 @@ changes nothing else in the model. The tasks need sharp, content- or position-ad
   adjectives and a different vocabulary; scored by exact match and :func:`corpus_bleu`.
 
 All tasks are sequence labelling with equal input and output lengths (a non-autoregressive
-encoder), so one training step is one forward/backward pass. Randomness only through explicit
-``torch.Generator`` arguments.
+encoder), so one training step is one forward/backward pass. :func:`train_task` trains either for
+a fixed budget or to convergence (:class:`EarlyStopping`: validation-loss plateau or a solved
+validation set, best checkpoint scored). Randomness only through explicit ``torch.Generator``
+arguments (and the seeded global generator for the model's initialisation).
 """
 
 from __future__ import annotations
@@ -29,15 +31,39 @@ import torch
 from torch import nn
 
 from . import _checks as C
-from .kernels import ExpDot, FeatureMapKernel, Kernel, Laplacian, Polynomial, RBF, elu_feature_map, kernel_attention
+from .kernels import (
+    RBF,
+    ExpDot,
+    FeatureMapKernel,
+    Kernel,
+    Laplacian,
+    Polynomial,
+    elu_feature_map,
+    kernel_attention,
+)
 
 Tensor = torch.Tensor
 IGNORE = -100
 
 __all__ = [
-    "KernelSelfAttention", "KernelTransformer", "TaskBatch", "associative_recall", "reversal",
-    "ToyTranslation", "make_task", "corpus_bleu", "exact_match", "token_accuracy",
-    "TrainResult", "train_task", "kernel_suite", "GroupGap", "group_gap", "IGNORE",
+    "IGNORE",
+    "EarlyStopping",
+    "GroupGap",
+    "KernelSelfAttention",
+    "KernelTransformer",
+    "TaskBatch",
+    "ToyTranslation",
+    "TrainResult",
+    "associative_recall",
+    "corpus_bleu",
+    "exact_match",
+    "group_gap",
+    "kernel_suite",
+    "make_task",
+    "paired_gaps",
+    "reversal",
+    "token_accuracy",
+    "train_task",
 ]
 
 
@@ -215,7 +241,7 @@ class ToyTranslation:
             ok = torch.ones_like(idx, dtype=torch.bool) if ok is None else ok
             buf[rows[:, None].expand_as(idx)[ok], idx[ok]] = val[ok]
 
-        one = lambda t: t[:, None]  # noqa: E731
+        one = lambda t: t[:, None]
         adj_ok1, adj_ok2 = ar[None, :] < k1[:, None], ar[None, :] < k2[:, None]
         # source positions
         put(src, one(torch.zeros(B, dtype=torch.long)), one(d1))
@@ -322,7 +348,15 @@ def _sequences(pred: Tensor, y: Tensor) -> tuple[list[list[int]], list[list[int]
 
 @dataclass
 class TrainResult:
-    """Metrics of one training run on the held-out test set, and the loss curve."""
+    r"""Metrics of one training run on the held-out test set, the loss curve and how it stopped.
+
+    ``steps`` is the number of optimiser steps taken, ``best_step`` the step of the checkpoint that
+    was scored (the best validation loss), ``stop`` one of ``"solved"`` (every validation token
+    right), ``"plateau"`` (the validation loss stopped improving: converged), ``"max_steps"`` (the
+    step cap was reached first: not converged) or ``"fixed"`` (a fixed budget without early
+    stopping, or ``steps = 0``: the untrained model). ``val_curve`` holds
+    ``(step, validation loss, validation token accuracy)`` at every evaluation.
+    """
 
     task: str
     kernel: str
@@ -332,24 +366,89 @@ class TrainResult:
     bleu: float
     final_loss: float
     losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    best_step: int = 0
+    stop: str = "fixed"
+    val_curve: list[tuple[int, float, float]] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        """True when the run stopped on its own (solved or plateau), not at the step cap."""
+        return self.stop in ("solved", "plateau")
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    r"""Train-to-convergence rule for :func:`train_task`.
+
+    Every ``eval_every`` steps the model is scored on a fixed validation set of ``n_val`` sequences
+    (drawn from its own seed, disjoint in stream from training and test). A validation loss below
+    ``(1 - min_rel) *`` the best so far is an improvement; after ``patience`` evaluations without
+    one the learning rate is multiplied by ``lr_factor`` (at most ``lr_drops`` times) and then the
+    run stops (``"plateau"``). A validation token accuracy of 1 stops the run at once
+    (``"solved"``). The checkpoint with the best validation loss is the one scored on the test set.
+    """
+
+    eval_every: int = 25
+    patience: int = 4
+    min_rel: float = 0.01
+    lr_drops: int = 1
+    lr_factor: float = 0.2
+    n_val: int = 256
+
+    def __post_init__(self) -> None:
+        C.positive_int(self.eval_every, "eval_every")
+        C.positive_int(self.patience, "patience")
+        C.positive_int(self.n_val, "n_val")
+        if not (0.0 <= self.min_rel < 1.0):
+            raise ValueError(f"min_rel must be in [0, 1), got {self.min_rel}")
+        if isinstance(self.lr_drops, bool) or not isinstance(self.lr_drops, int) or self.lr_drops < 0:
+            raise ValueError(f"lr_drops must be an int >= 0, got {self.lr_drops!r}")
+        if not (0.0 < self.lr_factor < 1.0):
+            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+
+
+def _evaluate(model: nn.Module, batch: TaskBatch, n_out: int, device: torch.device) -> tuple[Tensor, float]:
+    """Predictions (on CPU) and mean cross-entropy of ``model`` on ``batch``."""
+    model.eval()
+    with torch.no_grad():
+        km = None if batch.key_mask is None else batch.key_mask.to(device)
+        logits = model(batch.x.to(device), km)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, n_out), batch.y.to(device).reshape(-1),
+                                           ignore_index=IGNORE)
+    model.train()
+    return logits.argmax(-1).cpu(), float(loss)
 
 
 def train_task(task: str, kernel: Kernel, *, seed: int, steps: int = 300, batch: int = 64,
                n_test: int = 512, lr: float = 3e-3, d_model: int = 32, n_heads: int = 4, n_layers: int = 2,
-               d_ff: int = 64, device: torch.device | str = "cpu", task_kwargs: dict | None = None) -> TrainResult:
+               d_ff: int = 64, device: torch.device | str = "cpu", task_kwargs: dict | None = None,
+               early_stopping: EarlyStopping | None = None) -> TrainResult:
     r"""Train a :class:`KernelTransformer` with ``kernel`` on ``task`` and score it on held-out data.
 
-    Fresh batches every step from a generator seeded by ``seed`` (test set from a different seed),
-    AdamW with linear warm-up (5 %) and cosine decay, gradient clipping at 1. Model initialisation
-    is seeded by ``seed``. Returns token accuracy, exact match and corpus BLEU (4-gram) on
-    ``n_test`` test sequences.
+    Fresh batches every step from a generator seeded by ``seed`` (validation and test sets from
+    other seeds), AdamW (weight decay 0.01) with linear warm-up over 5 % of ``steps``, gradient
+    clipping at 1. Model initialisation is seeded by ``seed``.
+
+    * ``early_stopping=None``: a fixed budget of ``steps`` with cosine decay; the final model is
+      scored. ``steps = 0`` scores the untrained model (a negative control).
+    * ``early_stopping=EarlyStopping(...)``: train to convergence with a constant learning rate
+      after warm-up, at most ``steps`` steps (see :class:`EarlyStopping`); the best-validation
+      checkpoint is scored and :attr:`TrainResult.stop` says why the run ended.
+
+    Returns token accuracy, exact match and corpus BLEU (4-gram) on ``n_test`` test sequences.
+    Chapter 4, claim 4.5.
     """
     if not isinstance(kernel, Kernel):
         raise TypeError(f"kernel must be a lib.kernels.Kernel, got {type(kernel).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError("seed must be an int")
-    steps, batch, n_test = C.positive_int(steps, "steps"), C.positive_int(batch, "batch"), C.positive_int(n_test, "n_test")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    batch, n_test = C.positive_int(batch, "batch"), C.positive_int(n_test, "n_test")
     lr = C.positive(lr, "lr")
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError("early_stopping must be an EarlyStopping or None")
     sample, vocab, n_out, max_len = make_task(task, **(task_kwargs or {}))
     device = torch.device(device)
     torch.manual_seed(seed)  # model initialisation (nn.Module draws from the global generator)
@@ -357,12 +456,21 @@ def train_task(task: str, kernel: Kernel, *, seed: int, steps: int = 300, batch:
                               n_layers=n_layers, d_ff=d_ff).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    es = early_stopping
+    if es is None:
+        sched_fn = lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / max(steps, 1)))
+    else:
+        warm = min(warm, 50)
+        sched_fn = lambda i: min(1.0, (i + 1) / warm)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
     g = torch.Generator().manual_seed(10_000 + seed)
-    losses = []
+    val = None if es is None else sample(es.n_val, torch.Generator().manual_seed(555_555 + seed))
+    losses: list[float] = []
+    curve: list[tuple[int, float, float]] = []
+    best_loss, best_state, best_step, bad, drops = math.inf, None, 0, 0, 0
+    stop = "fixed" if es is None or steps == 0 else "max_steps"
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         b = sample(batch, g)
         x, y = b.x.to(device), b.y.to(device)
         km = None if b.key_mask is None else b.key_mask.to(device)
@@ -374,24 +482,52 @@ def train_task(task: str, kernel: Kernel, *, seed: int, steps: int = 300, batch:
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-    model.eval()
+        if es is None or step % es.eval_every:
+            continue
+        pred, vloss = _evaluate(model, val, n_out, device)
+        vacc = token_accuracy(pred, val.y)
+        curve.append((step, vloss, vacc))
+        if vloss < (1.0 - es.min_rel) * best_loss:
+            best_loss, best_step, bad = vloss, step, 0
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            bad += 1
+        if vacc == 1.0:
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            best_step, stop = step, "solved"
+            break
+        if bad >= es.patience:
+            if drops < es.lr_drops:
+                drops, bad = drops + 1, 0
+                for grp in opt.param_groups:
+                    grp["initial_lr"] = grp.get("initial_lr", lr) * es.lr_factor
+                sched.base_lrs = [b_ * es.lr_factor for b_ in sched.base_lrs]
+            else:
+                stop = "plateau"
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_step = len(losses)
     test = sample(n_test, torch.Generator().manual_seed(999_999))
-    with torch.no_grad():
-        km = None if test.key_mask is None else test.key_mask.to(device)
-        pred = model(test.x.to(device), km).argmax(-1).cpu()
+    pred, _ = _evaluate(model, test, n_out, device)
     cands, refs = _sequences(pred, test.y)
+    tail = losses[-20:]
     return TrainResult(task=task, kernel=kernel.name, seed=seed, token_accuracy=token_accuracy(pred, test.y),
                        exact_match=exact_match(pred, test.y), bleu=corpus_bleu(cands, refs),
-                       final_loss=float(sum(losses[-20:]) / len(losses[-20:])), losses=losses)
+                       final_loss=float(sum(tail) / len(tail)) if tail else math.nan, losses=losses,
+                       steps=len(losses), best_step=best_step, stop=stop, val_curve=curve)
 
 
 def kernel_suite(d_head: int, *, taylor_degrees=(2, 4), rf_dims=(8, 32, 128, 512), seed: int = 0) -> dict:
     r"""The kernels of the substitution experiment, as ``name -> (kernel, feature_dim, group)``.
 
     ``group`` is ``"infinite"`` (exponentiated dot product, RBF, Laplacian), ``"finite"``
-    (quadratic and cubic polynomial, elu+1 linear attention) or ``"ladder"`` (truncated Taylor
-    series of even degree, positive random features with ``D`` features; built by
-    :mod:`lib.kernel_machines`). ``feature_dim`` is ``None`` for infinite-dimensional kernels.
+    (the positive finite kernels: quadratic polynomial, elu+1 linear attention), ``"signed"``
+    (the cubic polynomial, whose attention normaliser takes both signs and is only guarded away
+    from zero: not a like-for-like competitor) or ``"ladder"`` (truncated Taylor series of even
+    degree, positive random features with ``D`` features; built by :mod:`lib.kernel_machines`).
+    ``feature_dim`` is ``None`` for infinite-dimensional kernels. Chapter 4, claim 4.5.
     """
     from .kernel_machines import random_feature_kernel, taylor_kernel
 
@@ -402,7 +538,7 @@ def kernel_suite(d_head: int, *, taylor_degrees=(2, 4), rf_dims=(8, 32, 128, 512
         "rbf": (RBF(), None, "infinite"),
         "laplacian": (Laplacian(), None, "infinite"),
         "poly2": (Polynomial(2), Polynomial(2).feature_dim(d_head), "finite"),
-        "poly3": (Polynomial(3), Polynomial(3).feature_dim(d_head), "finite"),
+        "poly3": (Polynomial(3), Polynomial(3).feature_dim(d_head), "signed"),
         "elu+1": (elu, d_head, "finite"),
     }
     for deg in taylor_degrees:
@@ -454,3 +590,28 @@ def group_gap(scores: dict[str, list[float]], group_a: list[str], group_b: list[
     gap = float(a.mean() - b.mean())
     verdict = "A > B" if gap > margin else ("A < B" if gap < -margin else "no gap")
     return GroupGap(gap=gap, margin=margin, mean_a=float(a.mean()), mean_b=float(b.mean()), seed_std=sd, verdict=verdict)
+
+
+def paired_gaps(scores: dict[str, list[float]], group_a: list[str], group_b: list[str]) -> list[float]:
+    r"""Per-seed gap between two kernel groups, paired by seed.
+
+    .. math:: \Delta_s = rac1{|A|}\sum_{k\in A} m_{k,s} - rac1{|B|}\sum_{k\in B} m_{k,s},
+
+    ``scores`` maps a kernel name to its metric over the same seeds (same order); the runs of one
+    seed share their data stream and initialisation seed, so the pairing removes the seed-to-seed
+    variation common to both groups. The claims of chapter 4 (4.5) apply "mean minus two standard
+    errors" to these values.
+    """
+    names = list(group_a) + list(group_b)
+    if not group_a or not group_b:
+        raise ValueError("both groups need at least one kernel")
+    for name in names:
+        if name not in scores:
+            raise ValueError(f"no scores for kernel {name!r}")
+    n = {len(scores[k]) for k in names}
+    if len(n) != 1:
+        raise ValueError(f"every kernel needs the same number of seeds, got {sorted(n)}")
+    a = torch.tensor([scores[k] for k in group_a], dtype=torch.float64).mean(0)
+    b = torch.tensor([scores[k] for k in group_b], dtype=torch.float64).mean(0)
+    return (a - b).tolist()
+

@@ -131,7 +131,7 @@ def test_duality_map():
     np.testing.assert_allclose(km.duality_map(v, 3.0), np.abs(v) ** 2 * np.sign(v))
     # gradient of ||v||_p^p / p (finite differences)
     p, h = 1.5, 1e-6
-    f = lambda x: np.sum(np.abs(x) ** p) / p  # noqa: E731
+    f = lambda x: np.sum(np.abs(x) ** p) / p
     w = np.array([0.7, -1.3, 2.1])
     fd = np.array([(f(w + h * e) - f(w - h * e)) / (2 * h) for e in np.eye(3)])
     np.testing.assert_allclose(km.duality_map(w, p), fd, rtol=1e-7)
@@ -234,3 +234,111 @@ def test_bad_inputs():
         km.span_residual(np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="degree"):
         km.taylor_kernel(-2)
+
+
+# ---------------------------------------------------------------- stable Taylor remainder, rank curves
+
+def _remainder_decimal(u: float, N: int) -> float:
+    """exp(u) - sum_{n<=N} u^n/n! in 80-digit decimal arithmetic (independent reference)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 80
+        U = Decimal(u)
+        term, total = Decimal(1), Decimal(1)
+        for n in range(1, N + 1):
+            term = term * U / n
+            total += term
+        return float(U.exp() - total)
+
+
+@pytest.mark.parametrize("N", [0, 1, 5, 20, 30, 40])
+def test_taylor_remainder_matches_high_precision_reference(N):
+    q, k = 1.5 * _rand(5, 3, seed=31), 1.5 * _rand(4, 3, seed=32)
+    R = km.taylor_remainder(q, k, N)
+    u = (q @ k.T) / math.sqrt(3)
+    ref = torch.tensor([[_remainder_decimal(float(x), N) for x in row] for row in u], dtype=torch.float64)
+    # relative accuracy in the Frobenius norm, far below what exp(u) - T_N(u) can give in float64
+    assert float(torch.linalg.norm(R - ref) / torch.linalg.norm(ref)) < 1e-13
+
+
+def test_taylor_remainder_agrees_with_direct_difference_where_that_is_accurate():
+    q, k = _rand(6, 3, seed=33), _rand(7, 3, seed=34)
+    for N in (0, 2, 6):
+        direct = ExpDot().gram(q, k) - km.truncated_exp_dot(q, k, N)
+        torch.testing.assert_close(km.taylor_remainder(q, k, N), direct, rtol=1e-10, atol=1e-13)
+
+
+def test_taylor_remainder_bad_inputs():
+    q = _rand(3, 2, seed=35)
+    with pytest.raises(ValueError, match="degree"):
+        km.taylor_remainder(q, q, -1)
+    with pytest.raises(ValueError):
+        km.taylor_remainder(q, q, 3, max_terms=0)
+
+
+def test_rank_curve_saturates_for_finite_kernels_and_grows_for_exp():
+    q, k = 1.5 * _rand(200, 3, seed=36), 1.5 * _rand(200, 3, seed=37)
+    sizes = [10, 25, 50, 100, 200]
+    poly = km.rank_curve(Polynomial(2), q, k, sizes)
+    assert poly == [min(n, 10) for n in sizes]
+    t4 = km.rank_curve(km.taylor_kernel(4), q, k, sizes)
+    assert t4 == [min(n, math.comb(7, 3)) for n in sizes]
+    ex = km.rank_curve(ExpDot(), q, k, sizes)
+    assert ex[:3] == sizes[:3] and ex[-1] > ex[-2] > 35
+    # each entry is numerical_rank of the leading block
+    G = ExpDot().gram(q[:50], k[:50])
+    assert ex[2] == km.numerical_rank(G)
+    with pytest.raises(ValueError, match="exceeds"):
+        km.rank_curve(ExpDot(), q, k, [300])
+    with pytest.raises(ValueError, match="empty"):
+        km.rank_curve(ExpDot(), q, k, [])
+
+
+def test_mercer_diagnostics():
+    X = _rand(25, 4, seed=38)
+    WQ, WK = _rand(4, 4, seed=39), _rand(4, 4, seed=40)
+    out = km.mercer_diagnostics(X, WQ, WK)
+    K = km.attention_gram(X, X, WQ, WK)
+    ev = np.linalg.eigvalsh(0.5 * (K + K.T).numpy())
+    assert out["asymmetry"] == pytest.approx(km.asymmetry(K))
+    assert out["n_negative"] == int((ev < 0).sum()) > 0
+    assert out["min_eig_rel"] == pytest.approx(ev.min() / np.abs(ev).max())
+    tied = km.mercer_diagnostics(X, WQ, WQ)
+    assert tied["asymmetry"] < 1e-14 and tied["min_eig_rel"] > -1e-12
+
+
+# ---------------------------------------------------------------- properties (Hypothesis)
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    degree=st.integers(0, 14),
+    d=st.integers(1, 4),
+    spread=st.floats(0.1, 2.0),
+)
+def test_property_truncation_plus_remainder_is_the_kernel(seed, degree, d, spread):
+    """Invariant: T_N(u) + R_N(u) = exp(u) for every degree, dimension and scale of the points."""
+    g = torch.Generator().manual_seed(seed)
+    q = spread * torch.randn(4, d, generator=g, dtype=torch.float64)
+    k = spread * torch.randn(3, d, generator=g, dtype=torch.float64)
+    total = km.truncated_exp_dot(q, k, degree) + km.taylor_remainder(q, k, degree)
+    exact = ExpDot().gram(q, k)
+    # absolute error at the round-off of the largest partial sums, exp(|u|)
+    u = (q @ k.T).abs() / math.sqrt(d)
+    assert bool(((total - exact).abs() <= 1e-13 * torch.exp(u)).all())
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), degree=st.integers(1, 3))
+def test_property_rank_never_exceeds_the_feature_dimension(seed, n, degree):
+    """Invariant: a D-feature kernel's Gram matrix has rank <= min(n, D) at every size."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    k = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    kern = Polynomial(degree)
+    ranks = km.rank_curve(kern, q, k, list(range(1, n + 1)))
+    assert all(r <= min(m, kern.feature_dim(2)) for m, r in zip(range(1, n + 1), ranks))
+    assert ranks == sorted(ranks)  # adding points never lowers the rank of the leading block

@@ -80,7 +80,7 @@ def test_toy_translation_is_the_grammar_rewrite():
     b = tr.sample(200, generator=_g(2))
     inv = torch.argsort(tr.word_map)
     o = tr.offsets
-    cat = lambda w: next(c for c in ("verb", "noun", "adj", "det") if w >= o[c])  # noqa: E731
+    cat = lambda w: next(c for c in ("verb", "noun", "adj", "det") if w >= o[c])
     lengths = Counter()
     for src, tgt, km in zip(b.x.tolist(), b.y.tolist(), b.key_mask.tolist()):
         L = sum(km)
@@ -91,7 +91,7 @@ def test_toy_translation_is_the_grammar_rewrite():
         cats = [cat(w) for w in src]
         v = cats.index("verb")
         np1, np2 = src[:v], src[v + 1:]
-        reorder = lambda np_: [np_[0], np_[-1]] + np_[1:-1]  # noqa: E731
+        reorder = lambda np_: [np_[0], np_[-1]] + np_[1:-1]
         expected = reorder(np1) + reorder(np2) + [src[v]]
         assert [int(inv[t]) for t in tgt[:L]] == expected
         assert cats[0] == "det" and cats[v - 1] == "noun" and cats[-1] == "noun"
@@ -178,6 +178,7 @@ def _train_twice():
 def test_kernel_suite():
     suite = kt.kernel_suite(8, taylor_degrees=(2, 4), rf_dims=(8, 16))
     assert suite["exp"][1] is None and suite["exp"][2] == "infinite"
+    assert suite["poly2"][2] == suite["elu+1"][2] == "finite" and suite["poly3"][2] == "signed"
     assert suite["poly2"][1] == math.comb(10, 2)
     assert suite["taylor4"][1] == math.comb(12, 4)
     assert suite["prf16"][1] == 16 and suite["prf16"][2] == "ladder"
@@ -196,3 +197,82 @@ def test_group_gap():
     assert same.gap == 0 and same.margin == 0.01 and same.verdict == "no gap"
     with pytest.raises(ValueError, match="2 seeds"):
         kt.group_gap({"a": [1.0], "b": [1.0, 1.0]}, ["a"], ["b"])
+
+
+# ---------------------------------------------------------------- training to convergence
+
+def _tiny(**kw):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return kt.train_task("reversal", ExpDot(), seed=0, batch=32, n_test=64, n_layers=1,
+                             task_kwargs=dict(length=4, vocab=4), **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_early_stopping_solves_and_scores_the_stopping_checkpoint():
+    es = kt.EarlyStopping(eval_every=10, patience=3, n_val=64)
+    r = _tiny(steps=2000, lr=1e-2, early_stopping=es)
+    assert r.stop == "solved" and r.converged
+    assert r.steps < 2000 and r.steps % 10 == 0 and r.best_step == r.steps
+    assert r.val_curve[-1][0] == r.steps and r.val_curve[-1][2] == 1.0
+    assert len(r.losses) == r.steps
+    assert r.token_accuracy > 0.9
+
+
+def test_early_stopping_plateau_counts_patience_and_lr_drops():
+    # a learning rate too small to move the validation loss by 1%: the first evaluation is the best,
+    # then `patience` bad evaluations, one learning-rate cut, `patience` more, stop
+    es = kt.EarlyStopping(eval_every=5, patience=2, lr_drops=1, n_val=64)
+    r = _tiny(steps=1000, lr=1e-9, early_stopping=es)
+    assert r.stop == "plateau" and r.converged
+    assert r.steps == 5 * (1 + 2 + 2) and r.best_step == 5
+
+
+def test_step_cap_and_untrained_model():
+    es = kt.EarlyStopping(eval_every=5, patience=50, n_val=64)
+    capped = _tiny(steps=20, lr=1e-3, early_stopping=es)
+    assert capped.stop == "max_steps" and not capped.converged and capped.steps == 20
+    untrained = _tiny(steps=0)
+    assert untrained.steps == 0 and untrained.stop == "fixed" and untrained.losses == []
+    # the untrained model is scored as initialised: the same for any learning rate
+    assert _tiny(steps=0, lr=0.5).token_accuracy == untrained.token_accuracy
+
+
+def test_early_stopping_validation():
+    with pytest.raises(ValueError, match="min_rel"):
+        kt.EarlyStopping(min_rel=1.5)
+    with pytest.raises(ValueError, match="lr_factor"):
+        kt.EarlyStopping(lr_factor=1.0)
+    with pytest.raises(ValueError, match="lr_drops"):
+        kt.EarlyStopping(lr_drops=-1)
+    with pytest.raises(TypeError, match="EarlyStopping"):
+        _tiny(steps=10, early_stopping={"patience": 3})
+    with pytest.raises(ValueError, match="steps"):
+        _tiny(steps=-1)
+
+
+def test_paired_gaps():
+    scores = {"a": [1.0, 0.5, 0.2], "b": [0.0, 0.5, 0.4], "c": [0.5, 0.5, 0.0]}
+    assert kt.paired_gaps(scores, ["a"], ["b", "c"]) == pytest.approx([0.75, 0.0, 0.0])
+    assert kt.paired_gaps(scores, ["a", "b"], ["c"]) == pytest.approx([0.0, 0.0, 0.3])
+    with pytest.raises(ValueError, match="same number"):
+        kt.paired_gaps({"a": [1.0], "b": [1.0, 2.0]}, ["a"], ["b"])
+    with pytest.raises(ValueError, match="no scores"):
+        kt.paired_gaps(scores, ["a"], ["z"])
+    with pytest.raises(ValueError, match="at least one"):
+        kt.paired_gaps(scores, [], ["a"])
+
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@given(st.lists(st.lists(st.floats(0, 1), min_size=3, max_size=3), min_size=3, max_size=3))
+def test_property_paired_gaps_antisymmetric_and_zero_for_equal_groups(rows):
+    scores = dict(zip("abc", rows))
+    fwd = kt.paired_gaps(scores, ["a"], ["b", "c"])
+    bwd = kt.paired_gaps(scores, ["b", "c"], ["a"])
+    assert fwd == pytest.approx([-x for x in bwd], abs=1e-12)
+    assert kt.paired_gaps(scores, ["a", "b"], ["b", "a"]) == pytest.approx([0.0] * 3, abs=1e-12)
