@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.claims import _count, load_ledger, validate_records  # noqa: E402
+from lib.claims import _count, load_ledger, validate_records
 
 
 def main(argv: list[str]) -> int:

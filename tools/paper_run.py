@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.provenance import chapter_source, chapter_sources  # noqa: E402
+from lib.provenance import chapter_source, chapter_sources
 
 
 def _git(*args: str) -> str:
@@ -66,6 +66,7 @@ def _stamp(chapter: int) -> str:
 def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
     import jupytext
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     src = chapter_source(chapter)
     cache = ROOT / "_build" / "paper-cache" / f"ch{chapter}"
@@ -88,6 +89,7 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"paper-run-{chapter}-"))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
     sections: dict[str, float] = {}
+    errors: list[dict] = []
     section = "(start)"
     t0 = time.perf_counter()
     error = None
@@ -103,11 +105,20 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
                 if cell.cell_type != "code":
                     continue
                 t = time.perf_counter()
-                client.execute_cell(cell, i)
+                try:
+                    client.execute_cell(cell, i)
+                except CellExecutionError as e:
+                    # keep going: later sections are independent measurements; the record keeps
+                    # the error, and a failed claim is in the records as FAIL
+                    msg = str(e).strip().splitlines()
+                    errors.append({"section": section, "cell": i, "error": msg[-1][-500:] if msg else "?"})
+                    print(f"[chapter {chapter}] cell {i} failed: {errors[-1]['error']}", flush=True)
                 sections[section] = sections.get(section, 0.0) + time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - the record says what broke
         error = f"{type(e).__name__}: {str(e)[-2000:]}"
         print(f"[chapter {chapter}] stopped: {error}", flush=True)
+    if errors and error is None:
+        error = f"{len(errors)} cell(s) failed; first: {errors[0]['error']}"
     wall = time.perf_counter() - t0
     for k, v in env_before.items():
         if v is None:
@@ -129,6 +140,7 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
             "sources": chapter_sources(chapter),
             "completed": error is None,
             "error": error,
+            "cell_errors": errors,
             **_device(),
         },
         "claims": claims,
