@@ -21,7 +21,9 @@ models (:func:`enumerate_states`, :func:`exact_marginals`), a vectorised heat-ba
 independent chains (:func:`heat_bath`), sample statistics (:func:`empirical_marginals`,
 :func:`marginal_z`, :func:`hamming_fraction`), the three learners of chapter 2
 (:class:`FactoredAttention`, :class:`PseudoLikelihoodPotts`, :class:`VanillaTransformer`) with their
-training routines, and gauge fixing for comparing couplings (:func:`zero_sum_gauge`,
+training routines (full-batch L-BFGS, :func:`fit_lbfgs`; the one protocol every learner of claim
+2.5 is trained by, :func:`train_mlm`), the general-coupling reference :func:`coupling_logits`,
+and gauge fixing for comparing couplings (:func:`zero_sum_gauge`,
 :func:`coupling_correlation`).
 
 Used by chapter 2 (``chapters/ch2_potts.md``).
@@ -50,6 +52,7 @@ __all__ = [
     "one_hot",
     "conditional_logits",
     "log_weight",
+    "coupling_logits",
     "enumerate_states",
     "exact_log_probs",
     "exact_marginals",
@@ -68,6 +71,9 @@ __all__ = [
     "fit_lbfgs",
     "fit_with_validation",
     "train_vanilla",
+    "train_mlm",
+    "TrainResult",
+    "masked_logits",
     "masked_site_loss",
     "zero_sum_gauge",
     "symmetrize_couplings",
@@ -261,6 +267,35 @@ def log_weight(model: PottsModel, s: Tensor) -> Tensor:
     X = one_hot(s, model.C, model.J.dtype)
     pair = 0.5 * model.beta * ((model.J @ X) @ model.U * X).sum(dim=(1, 2))
     return pair + (model.fields() * X).sum(dim=(1, 2))
+
+
+def coupling_logits(W: Tensor, s: Tensor, h: Tensor | None = None) -> Tensor:
+    r"""Conditional logits of a general Potts model, :math:`z_i(a) = \sum_{j\neq i} W_{ij}(a, s_j) + h_i(a)`.
+
+    ``W`` ``(L, C, L, C)`` are arbitrary couplings (no symmetry assumed; the blocks :math:`j = i`
+    are ignored), ``s`` ``(N, L)`` integer colours, ``h`` optional fields ``(L, C)``. Computed by
+    gathering the entries :math:`W_{ij}(\cdot, s_j)` (no matrix product), as an independent
+    reference for the factored layer, whose couplings are :math:`W_{ij}(a,b) = A_{ij}V_{ab}`.
+    Returns ``(N, L, C)``.
+    """
+    W = C.float_tensor(W, "W", min_dim=4)
+    if W.dim() != 4 or W.shape[0] != W.shape[2] or W.shape[1] != W.shape[3]:
+        raise ValueError(f"W must have shape (L, C, L, C), got {tuple(W.shape)}")
+    L, C_ = W.shape[0], W.shape[1]
+    s = _states(s, "s", C_)
+    if s.shape[1] != L:
+        raise ValueError(f"s has {s.shape[1]} sites, W has L={L}")
+    j = torch.arange(L, device=s.device)
+    # Wg[n, i, a, j] = W[i, a, j, s[n, j]]
+    Wg = W.permute(2, 3, 0, 1)[j[None, :], s]  # (N, L_j, L_i, C_a)
+    off = (~torch.eye(L, dtype=torch.bool, device=s.device)).to(W.dtype)  # [j, i]
+    z = (Wg * off[None, :, :, None]).sum(dim=1)  # (N, L_i, C_a)
+    if h is not None:
+        h = C.float_tensor(h, "h", min_dim=2)
+        if tuple(h.shape) != (L, C_):
+            raise ValueError(f"h must have shape {(L, C_)}, got {tuple(h.shape)}")
+        z = z + h
+    return z
 
 
 def enumerate_states(L: int, C_: int) -> Tensor:
@@ -652,12 +687,30 @@ class VanillaTransformer(nn.Module):
         if generator is not None:
             torch.random.set_rng_state(state)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, sites: Tensor | None = None) -> Tensor:
+        """Logits ``(N, L, C)`` of every site of ``tokens`` ``(N, L)``, or ``(N, C)`` at ``sites`` ``(N,)``.
+
+        With ``sites`` the last block computes its query, attention and MLP at that one position
+        only (its keys and values still come from every position): the same numbers as
+        ``forward(tokens)[arange(N), sites]``, for a fraction of the cost of the last layer.
+        """
         tokens = _states(tokens, "tokens", self.C + 1)
         x = self.tok(tokens) + self.pos
-        for blk in self.blocks:
+        if sites is None:
+            for blk in self.blocks:
+                x = blk(x)
+            return self.out(self.ln(x))
+        if not isinstance(sites, torch.Tensor) or tuple(sites.shape) != (tokens.shape[0],):
+            raise ValueError(f"sites must be an int64 tensor of shape ({tokens.shape[0]},)")
+        for blk in self.blocks[:-1]:
             x = blk(x)
-        return self.out(self.ln(x))
+        last = self.blocks[-1]
+        ar = torch.arange(tokens.shape[0], device=tokens.device)
+        h = last.ln1(x)
+        xi = x[ar, sites].unsqueeze(1)  # (N, 1, d): the residual stream at the masked site
+        xi = xi + last.attn(h[ar, sites].unsqueeze(1), h)
+        xi = xi + last.mlp(last.ln2(xi))
+        return self.out(self.ln(xi)).squeeze(1)
 
 
 def _nll(logits: Tensor, target: Tensor) -> Tensor:
@@ -726,13 +779,44 @@ def fit_with_validation(make_model, s_train: Tensor, s_val: Tensor, C_: int, *, 
     return model, best_lam, scores
 
 
-def masked_site_loss(model: VanillaTransformer, s: Tensor, *, batch_size: int = 4096) -> float:
-    r"""Test MLM loss of a :class:`VanillaTransformer`: every site of every sequence masked once.
+def masked_logits(model: nn.Module, s: Tensor, sites: Tensor) -> Tensor:
+    r"""Logits ``(B, C)`` at one masked site per example: the MLM prediction of :math:`s_{n,i}` from the rest.
 
-    Builds the :math:`NL` masked copies (one [MASK] each) in batches and averages the cross-entropy
-    at the masked site: the model's negative log pseudo-likelihood per site.
+    ``s`` ``(B, L)`` are integer sequences and ``sites`` ``(B,)`` the masked site of each. A
+    :class:`VanillaTransformer` sees the [MASK] token at the site; a one-hot learner
+    (:class:`FactoredAttention`, :class:`PseudoLikelihoodPotts`) sees the zero vector there
+    (:func:`mask_sites`). Either way the prediction uses the other sites only, so the mean
+    cross-entropy over every (sequence, site) pair is the model's negative log pseudo-likelihood
+    per site (chapter 2, claim 2.2).
     """
-    s = _states(s, "s", model.C)
+    if not isinstance(sites, torch.Tensor) or sites.dim() != 1:
+        raise ValueError("sites must be a 1-D int64 tensor (one masked site per sequence)")
+    ar = torch.arange(s.shape[0], device=s.device)
+    if isinstance(model, VanillaTransformer):
+        s = _states(s, "s", model.C)
+        if sites.shape[0] != s.shape[0]:
+            raise ValueError(f"sites has {sites.shape[0]} entries for {s.shape[0]} sequences")
+        tok = s.clone()
+        tok[ar, sites] = model.mask_token
+        return model(tok, sites)
+    C_ = getattr(model, "C", None)
+    if not isinstance(C_, int):
+        raise TypeError("model must be a VanillaTransformer or a one-hot learner with attribute C")
+    dtype = next(model.parameters()).dtype
+    X = mask_sites(one_hot(s, C_, dtype), sites)
+    return model(X)[ar, sites]
+
+
+def masked_site_loss(model: nn.Module, s: Tensor, *, batch_size: int = 4096) -> float:
+    r"""Test MLM loss: every site of every sequence masked once, mean cross-entropy at the masked site.
+
+    Builds the :math:`NL` masked copies of ``s`` ``(N, L)`` in batches of ``batch_size`` and
+    averages :func:`masked_logits`' cross-entropy: the model's negative log pseudo-likelihood per
+    site. Works for :class:`VanillaTransformer`, :class:`FactoredAttention` and
+    :class:`PseudoLikelihoodPotts`.
+    """
+    C.positive_int(batch_size, "batch_size")
+    s = _states(s, "s")
     N, L = s.shape
     pairs_n = torch.arange(N, device=s.device).repeat_interleave(L)
     pairs_i = torch.arange(L, device=s.device).repeat(N)
@@ -740,12 +824,97 @@ def masked_site_loss(model: VanillaTransformer, s: Tensor, *, batch_size: int = 
     with torch.no_grad():
         for k in range(0, N * L, batch_size):
             n, i = pairs_n[k:k + batch_size], pairs_i[k:k + batch_size]
-            tok = s[n].clone()
-            ar = torch.arange(n.numel(), device=s.device)
-            tok[ar, i] = model.mask_token
-            logits = model(tok)[ar, i]
+            logits = masked_logits(model, s[n], i)
             total += float(F.cross_entropy(logits.double(), s[n, i], reduction="sum"))
     return total / (N * L)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_mlm`.
+
+    ``val_loss``: the best validation loss (restored into the model); ``best_step``: the step it
+    was reached at; ``steps``: steps taken; ``converged``: ``True`` when early stopping ended the
+    run before ``max_steps``; ``history``: ``(step, validation loss)`` at every evaluation.
+    """
+
+    val_loss: float
+    best_step: int
+    steps: int
+    converged: bool
+    history: tuple[tuple[int, float], ...]
+
+
+def train_mlm(model: nn.Module, s_train: Tensor, s_val: Tensor, *, generator: torch.Generator,
+              lr: float = 3e-3, batch_size: int = 256, max_steps: int = 3000, eval_every: int = 50,
+              patience: int = 5, min_delta: float = 1e-4, weight_decay: float = 0.0,
+              desc: str | None = None) -> TrainResult:
+    r"""Train any MLM learner by one protocol: AdamW on random (sequence, site) pairs, early stopping.
+
+    Each step draws ``batch_size`` pairs :math:`(n, i)` uniformly from the :math:`ML` pairs of
+    ``s_train`` ``(M, L)``, masks site :math:`i` of sequence :math:`n` and minimises the mean
+    cross-entropy of :func:`masked_logits` (the one-masked-site MLM loss, i.e. pseudo-likelihood)
+    with AdamW at a constant learning rate ``lr``. Every ``eval_every`` steps the full validation
+    loss :func:`masked_site_loss` on ``s_val`` is computed; the run stops when it has not improved
+    by ``min_delta`` for ``patience`` evaluations, or after ``max_steps``, and the best parameters
+    are restored. Deterministic given ``generator`` (which draws the pairs; its device is used).
+
+    Chapter 2 trains the factored layer and vanilla transformers of every depth with it (claim 2.5).
+    ``desc`` labels a progress bar (``None``: no bar).
+    """
+    C.positive(lr, "lr")
+    for v, name in ((batch_size, "batch_size"), (max_steps, "max_steps"), (eval_every, "eval_every"),
+                    (patience, "patience")):
+        C.positive_int(v, name)
+    C.nonneg(min_delta, "min_delta")
+    C.nonneg(weight_decay, "weight_decay")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError("generator must be a torch.Generator")
+    s_train = _states(s_train, "s_train")
+    s_val = _states(s_val, "s_val")
+    if s_train.shape[1] != s_val.shape[1]:
+        raise ValueError(f"s_train and s_val have different lengths L ({s_train.shape[1]}, {s_val.shape[1]})")
+    M, L = s_train.shape
+    dev = generator.device
+    s_train, s_val = s_train.to(dev), s_val.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    best = masked_site_loss(model, s_val)
+    best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    best_step, bad, history = 0, 0, [(0, best)]
+    bar = None
+    if desc is not None:
+        from .progress import progress
+
+        bar = progress(range(max_steps), desc=desc)
+        it = iter(bar)
+    step = 0
+    converged = False
+    while step < max_steps:
+        step += 1
+        if bar is not None:
+            next(it, None)
+        n = torch.randint(M, (batch_size,), generator=generator, device=dev)
+        i = torch.randint(L, (batch_size,), generator=generator, device=dev)
+        loss = F.cross_entropy(masked_logits(model, s_train[n], i), s_train[n, i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == max_steps:
+            v = masked_site_loss(model, s_val)
+            history.append((step, v))
+            if v < best - min_delta:
+                best, best_step, bad = v, step, 0
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    converged = True
+                    break
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(best_state)
+    return TrainResult(float(best), best_step, step, converged, tuple(history))
 
 
 def train_vanilla(model: VanillaTransformer, s_train: Tensor, *, steps: int, batch_size: int = 256,

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lib import potts as P
 from lib.attention import factored_attention, factored_weights
@@ -251,3 +253,116 @@ def test_bad_inputs():
         P.zero_sum_gauge(torch.zeros(2, 3, 4, 3))
     with pytest.raises(ValueError, match="even"):
         P.ring_couplings(7, generator=torch.Generator())
+
+
+def test_coupling_logits_matches_double_loop_asymmetric():
+    g = torch.Generator().manual_seed(21)
+    L, C = 4, 3
+    W = torch.randn(L, C, L, C, generator=g, dtype=torch.float64)  # no symmetry at all
+    h = torch.randn(L, C, generator=g, dtype=torch.float64)
+    s = torch.randint(C, (6, L), generator=g)
+    z = P.coupling_logits(W, s, h)
+    for n in range(6):
+        for i in range(L):
+            for a in range(C):
+                ref = float(h[i, a]) + sum(float(W[i, a, j, s[n, j]]) for j in range(L) if j != i)
+                assert abs(float(z[n, i, a]) - ref) < 1e-12
+
+
+def test_coupling_logits_agrees_with_potts_conditionals():
+    m = small_model(L=5, C=4, fields=True)
+    s = torch.randint(4, (8, 5), generator=torch.Generator().manual_seed(22))
+    assert torch.allclose(P.coupling_logits(m.couplings(), s, m.h), P.conditional_logits(m, s), atol=1e-12)
+
+
+def test_factored_layer_with_asymmetric_weights_is_a_general_potts_conditional():
+    g = torch.Generator().manual_seed(23)
+    L, C = 5, 3
+    fa = P.FactoredAttention(L, C, n_heads=2)
+    with torch.no_grad():
+        fa.a.normal_(generator=g)
+        fa.V.normal_(generator=g)
+        fa.b.normal_(generator=g)
+    s = torch.randint(C, (7, L), generator=g)
+    W = fa.couplings()
+    assert float((W - W.permute(2, 3, 0, 1)).abs().max()) > 0.1  # genuinely asymmetric
+    assert torch.allclose(fa(P.one_hot(s, C)), P.coupling_logits(W, s, fa.b.detach()), atol=1e-12)
+    # transposing V is visible
+    W_T = torch.einsum("hij,hba->iajb", fa.weights().detach(), fa.V.detach())
+    assert float((P.coupling_logits(W_T, s) - P.coupling_logits(W, s)).abs().max()) > 1e-3
+
+
+def test_masked_logits_and_loss_factored_equal_pseudo_likelihood():
+    m = small_model(L=5, C=3, fields=True)
+    fa = P.FactoredAttention(5, 3)
+    with torch.no_grad():
+        fa.a.copy_(m.beta * m.J[None] + torch.eye(5)[None])  # the diagonal is masked anyway
+        fa.V.copy_(m.U[None])
+        fa.b.copy_(m.h)
+    s = torch.randint(3, (9, 5), generator=torch.Generator().manual_seed(24))
+    pl = float(P.pseudo_likelihood_loss(P.conditional_logits(m, s), s))
+    assert abs(P.masked_site_loss(fa, s, batch_size=7) - pl) < 1e-12
+
+
+def test_vanilla_last_block_shortcut_matches_full_forward():
+    vt = P.VanillaTransformer(7, 4, d_model=16, n_layers=3, n_heads=2, generator=torch.Generator().manual_seed(3))
+    s = torch.randint(5, (11, 7), generator=torch.Generator().manual_seed(4))
+    sites = torch.randint(7, (11,), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = vt(s)[torch.arange(11), sites]
+        short = vt(s, sites)
+    assert float((full - short).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="sites"):
+        vt(s, sites[:3])
+
+
+def test_train_mlm_early_stops_restores_best_and_is_deterministic():
+    m = small_model(L=5, C=3, fields=True)
+    s = P.heat_bath(m, 700, 30, generator=torch.Generator().manual_seed(25))[-1]
+    tr, va = s[:500], s[500:]
+
+    def run():
+        fa = P.FactoredAttention(5, 3, generator=torch.Generator().manual_seed(0))
+        res = P.train_mlm(fa, tr, va, generator=torch.Generator().manual_seed(1), lr=0.05,
+                          batch_size=64, max_steps=3000, eval_every=20, patience=3)
+        return fa, res
+
+    fa, res = run()
+    assert res.converged and res.steps < 3000
+    assert res.steps == res.best_step + 3 * 20
+    assert abs(P.masked_site_loss(fa, va) - res.val_loss) < 1e-12  # best parameters restored
+    assert res.val_loss == min(v for _, v in res.history)
+    # a trained layer beats the untrained one and approaches the teacher on validation
+    H = float(P.conditional_entropy(m, va))
+    assert res.val_loss < res.history[0][1] and res.val_loss - H < 0.05
+    _, res2 = run()
+    assert res2 == res
+
+
+def test_train_mlm_vanilla_runs_and_hits_budget():
+    vt = P.VanillaTransformer(4, 3, d_model=8, n_layers=1, n_heads=2, generator=torch.Generator().manual_seed(0))
+    s = torch.randint(3, (40, 4), generator=torch.Generator().manual_seed(1))
+    res = P.train_mlm(vt, s[:30], s[30:], generator=torch.Generator().manual_seed(2), max_steps=5,
+                      eval_every=2, patience=100, batch_size=8)
+    assert res.steps == 5 and not res.converged
+    assert [st for st, _ in res.history] == [0, 2, 4, 5]
+    with pytest.raises(TypeError, match="generator"):
+        P.train_mlm(vt, s[:30], s[30:], generator=None)
+    with pytest.raises(ValueError, match="lengths"):
+        P.train_mlm(vt, s[:30], s[30:, :3], generator=torch.Generator())
+
+
+@given(seed=st.integers(0, 2**31 - 1), L=st.integers(2, 6), C=st.integers(2, 4))
+def test_mlm_equals_pseudo_likelihood_for_any_factored_layer(seed, L, C):
+    """Property: for any A (diagonal masked), V, fields and data, MLM with every site masked once
+    equals -log PL of the general Potts model W_ij(a, b) = A_ij V_ab (chapter 2, claim 2.2)."""
+    g = torch.Generator().manual_seed(seed)
+    A = factored_weights(torch.randn(L, L, generator=g, dtype=torch.float64), normalize="none")
+    V = torch.randn(C, C, generator=g, dtype=torch.float64)
+    h = torch.randn(L, C, generator=g, dtype=torch.float64)
+    s = torch.randint(C, (5, L), generator=g)
+    layer = lambda X: factored_attention(A, X @ V.T) + h
+    mlm = P.mlm_loss(layer, s.repeat_interleave(L, 0), torch.arange(L).repeat(5), C)
+    W = A[:, None, :, None] * V[None, :, None, :]
+    pl = P.pseudo_likelihood_loss(P.coupling_logits(W, s, h), s)
+    assert abs(float(mlm - pl)) < 1e-12

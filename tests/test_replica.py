@@ -50,6 +50,47 @@ def test_ridge_fit_matches_sklearn():
         assert np.allclose(W[i].numpy(), ref, atol=1e-10)
 
 
+def test_ridge_fit_batched_and_exact_test_errors():
+    K = R.gaussian_potts_precision(9, generator=torch.Generator().manual_seed(11))
+    x = torch.stack([R.sample_gaussian(K, 14, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
+    W = R.ridge_fit_all_sites(x, 0.02)
+    assert W.shape == (2, 9, 8)
+    P = R.site_problems(K)
+    for b in range(2):
+        G = x[b].T @ x[b] / 14
+        for i in (0, 4, 8):
+            r = P.others[i]
+            ref = torch.linalg.solve(G[r][:, r] + 0.02 * torch.eye(8, dtype=x.dtype), G[r, i])
+            assert torch.allclose(W[b, i], ref, atol=1e-10)
+        d = W[b] - P.w_star
+        ref_e = P.sigma2 + torch.einsum("ik,ikl,il->i", d, P.S, d)
+        assert torch.allclose(R.site_test_errors(W[b], K), ref_e, atol=1e-12)
+
+
+def test_vectorised_theory_matches_scalar_solver():
+    K = R.gaussian_potts_precision(30, generator=torch.Generator().manual_seed(12))
+    P = R.site_problems(K)
+    ev, evec = torch.linalg.eigh(P.S)
+    wk = (evec.mT @ P.w_star.unsqueeze(-1)).squeeze(-1)
+    al = [0.6, 1.0, 2.5]
+    for lam in (1e-3, 0.1):
+        ref = [np.mean([R.ridge_generalization_error(ev[i].numpy(), wk[i].numpy(), float(P.sigma2[i]), a * 30, lam)
+                        for i in range(30)]) for a in al]
+        assert np.allclose(R.theory_learning_curve(K, al, lam), ref, rtol=1e-10)
+    iso = R.theory_learning_curve(K, al, 1e-3, spectrum="isotropic")
+    assert iso.shape == (3,) and not np.allclose(iso, R.theory_learning_curve(K, al, 1e-3), rtol=1e-3)
+    with pytest.raises(ValueError, match="spectrum"):
+        R.theory_learning_curve(K, al, 1e-3, spectrum="flat")
+
+
+def test_simulation_keeps_every_repeat():
+    K = R.gaussian_potts_precision(12, generator=torch.Generator().manual_seed(13))
+    sim = R.simulate_learning_curve(K, [1.0, 3.0], 1e-2, repeats=4, generator=torch.Generator().manual_seed(14))
+    assert sim.per_repeat.shape == (2, 4)
+    assert np.allclose(sim.per_repeat.mean(1), sim.mean)
+    assert np.allclose(sim.per_repeat.std(1, ddof=1) / 2, sim.sem)
+
+
 def test_kappa_fixed_point_and_isotropic_limit():
     s = np.ones(50)
     k = R.ridge_kappa(s, 200.0, 1e-3)
