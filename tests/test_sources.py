@@ -41,3 +41,9 @@ def test_claims_have_targets_and_chapters_link_to_each_other():
         assert not missing, f"{ch.name}: no target for claims {missing}"
         others = {m for m, label in LABELS.items() if m != n and (f"<{label}>" in text or f"`{label}`" in text)}
         assert len(others) >= 2, f"{ch.name} links to chapters {sorted(others)} only"
+
+
+def test_chapters_link_forward_to_chapter_six():
+    for ch in CHAPTERS:
+        if not ch.name.startswith("ch6_"):
+            assert "ch-lenses" in ch.read_text(), f"{ch.name} does not link to chapter 6"
