@@ -5,13 +5,22 @@ The architecture of :cite:t:`alcalde2025clustering` (Sec. 5; the authors' ``TCla
 .. math::
 
     z_i^0 = E[w_i] \in\mathbb R^d,\qquad Z^{k+1} = \Phi_\alpha(Z^k)\ (k=0,\dots,K-1),\qquad
-    p(\text{positive}) = \sigma\Big(v\cdot \frac1n\sum_i z_i^K + b\Big),
+    p(\text{positive}) = \sigma\Big(v\cdot \operatorname{mean}_i z_i^K + b\Big),
 
-with a trainable embedding :math:`E` (``vocab x d``), one shared layer :math:`\Phi_\alpha`
-(:func:`lib.hardmax.hardmax_layer` with :math:`A = I`, learned :math:`\alpha>0`) applied
-:math:`K = 8` times, mean pooling over the real tokens and a linear decoder :math:`(v, b)`.
-Training uses the softmax layer at temperature :math:`T` (:func:`lib.hardmax.softmax_layer`,
-default ``T = 1e-3``); evaluation and analysis use the exact hardmax layer.
+with a trainable embedding :math:`E` (``vocab x d``), one shared layer
+:math:`\Phi_\alpha(Z)_i = z_i + \frac{\alpha}{1+\alpha}(\mathrm{att}_i(Z) - z_i)` with
+:math:`A = I` and learned :math:`\alpha`, applied :math:`K = 8` times, mean pooling and a linear
+decoder :math:`(v, b)` (:class:`HardmaxClassifier`). Training uses softmax attention at
+temperature :math:`T` (default ``T = 1e-3``); analysis uses the exact hardmax.
+
+Two training protocols (:class:`Protocol`, :func:`get_protocol`): ``"authors"`` follows the
+authors' published code choice by choice (padding attended and pooled, unconstrained
+:math:`\alpha`, :math:`N(0,1)` embeddings, learning rate ``1e-3``, 128 tokens, every word of the
+corpus in the vocabulary, first 70% / last 30% split, sigmoid + ``BCELoss``, running per-batch
+softmax accuracy); ``"book"`` is this book's variant (masked padding, softplus :math:`\alpha`,
+:math:`N(0, 0.1^2)`, ``1e-2``, 20 tokens, training words seen 3 times, seeded split,
+``BCEWithLogitsLoss``, exact hardmax accuracy). Both share Adam, batch 64, clipping at 5,
+:math:`T = 10^{-3}`, depth 8. :func:`train_run` trains and evaluates one model of a protocol.
 
 Data, all offline (nothing downloads):
 
@@ -44,8 +53,8 @@ import torch
 from torch import nn
 
 from . import _checks as C
-from .attention import softmax_attention
-from .hardmax import distinct_points, hardmax_layer, padding_mask, strict_leaders
+from .attention import hardmax_weights
+from .hardmax import default_tie_rtol, distinct_points
 
 Tensor = torch.Tensor
 
@@ -60,13 +69,19 @@ __all__ = [
     "build_vocabulary",
     "encode",
     "split_indices",
+    "Protocol",
+    "PROTOCOLS",
+    "get_protocol",
     "Dataset",
     "prepare_dataset",
     "synthetic_corpus",
     "HardmaxClassifier",
     "TrainHistory",
     "train_classifier",
+    "logits",
     "evaluate",
+    "Run",
+    "train_run",
     "bow_baseline",
     "majority_baseline",
     "LeaderStats",
@@ -203,14 +218,137 @@ def encode(token_lists: list[list[str]], vocab: Vocabulary, *, n: int) -> tuple[
     return ids, lengths
 
 
-def split_indices(N: int, *, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of ``range(N)`` into sorted train and test indices."""
+def split_indices(
+    N: int, *, test_fraction: float = 0.3, seed: int = 0, method: str = "random"
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Split ``range(N)`` into sorted train and test indices.
+
+    ``method="random"``: a seeded random split (the book's protocol). ``method="head"``: the first
+    ``int((1 - test_fraction) * N)`` documents train, the rest test, in file order (the authors'
+    ``split_id = int(len(features) * 0.7)``); ``seed`` is then unused.
+    """
     C.positive_int(N, "N")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    if method == "head":
+        split_id = int(N * (1.0 - float(test_fraction)))
+        return np.arange(split_id), np.arange(split_id, N)
+    if method != "random":
+        raise ValueError(f"method must be 'random' or 'head', got {method!r}")
     perm = np.random.default_rng(seed).permutation(N)
     n_test = int(round(test_fraction * N))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+@dataclass(frozen=True)
+class Protocol:
+    r"""Every choice of the sentiment experiment that is not the architecture itself.
+
+    Two presets (:func:`get_protocol`): ``"authors"`` follows the authors' published code
+    (``imdb_classifier.ipynb``, ``utils/models.py``, ``utils/training.py``); ``"book"`` is this
+    book's own variant. Change one field with :func:`dataclasses.replace` (or
+    ``get_protocol(name, **changes)``) to measure the effect of a single choice.
+
+    padding
+        ``"attended"``: pad tokens are ordinary tokens, attended to and pooled (authors);
+        ``"masked"``: pad tokens are neither attended to nor pooled (book).
+    alpha
+        ``"free"``: :math:`\alpha` is a raw parameter, unconstrained (the authors' ``clamp`` was
+        not in place); ``"softplus"``: :math:`\alpha=\mathrm{softplus}(\rho)>0` (book).
+    init_std
+        Standard deviation :math:`\sigma` of the embedding initialisation :math:`N(0,\sigma^2)`
+        (authors: 1, the ``nn.Embedding`` default; book: 0.1).
+    lr
+        Adam learning rate (authors ``1e-3``; book ``1e-2``).
+    n
+        Review length in tokens after truncation and padding (authors 128; book 20).
+    min_count, vocabulary
+        Keep words seen at least ``min_count`` times in the ``vocabulary`` source: ``"all"``
+        documents (authors: every word of the corpus, train and test) or the ``"train"`` part
+        (book: ``min_count = 3``).
+    split
+        ``"head"``: first 70% / last 30% in file order (authors); ``"random"``: seeded (book).
+    loss
+        ``"sigmoid-bce"``: sigmoid then :class:`torch.nn.BCELoss` (authors; log clamped at
+        -100); ``"logits-bce"``: :class:`torch.nn.BCEWithLogitsLoss` (book).
+    evaluation
+        ``"running-softmax"``: accuracy of the softmax model (temperature ``T``) averaged over
+        shuffled batches of ``batch_size``, and the training accuracy as the running mean over the
+        epoch's batches before each step (authors); ``"hardmax"``: exact hardmax in float64 on
+        the whole set after the epoch (book).
+    batch_size, clip, temperature, depth, test_fraction
+        Shared by both: Adam with batch 64, gradient-norm clipping at 5, training temperature
+        :math:`T=10^{-3}`, depth :math:`K=8`, 30% test.
+    """
+
+    name: str
+    padding: str
+    alpha: str
+    init_std: float
+    lr: float
+    n: int
+    min_count: int
+    vocabulary: str
+    split: str
+    loss: str
+    evaluation: str
+    batch_size: int = 64
+    clip: float = 5.0
+    temperature: float = 1e-3
+    depth: int = 8
+    test_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        allowed = {
+            "padding": ("attended", "masked"),
+            "alpha": ("free", "softplus"),
+            "vocabulary": ("all", "train"),
+            "split": ("head", "random"),
+            "loss": ("sigmoid-bce", "logits-bce"),
+            "evaluation": ("running-softmax", "hardmax"),
+        }
+        for key, options in allowed.items():
+            if getattr(self, key) not in options:
+                raise ValueError(f"Protocol.{key} must be one of {options}, got {getattr(self, key)!r}")
+        C.positive(self.init_std, "init_std")
+        C.positive(self.lr, "lr")
+        C.positive(self.clip, "clip")
+        C.positive(self.temperature, "temperature")
+        for key in ("n", "min_count", "batch_size", "depth"):
+            C.positive_int(getattr(self, key), key)
+        if not 0.0 < float(self.test_fraction) < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+
+    def differences(self, other: Protocol) -> dict[str, tuple]:
+        """Fields (other than ``name``) where ``self`` and ``other`` differ: ``{field: (self, other)}``."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if f.name != "name" and getattr(self, f.name) != getattr(other, f.name)
+        }
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "authors": Protocol(
+        name="authors", padding="attended", alpha="free", init_std=1.0, lr=1e-3, n=128, min_count=1,
+        vocabulary="all", split="head", loss="sigmoid-bce", evaluation="running-softmax",
+    ),
+    "book": Protocol(
+        name="book", padding="masked", alpha="softplus", init_std=0.1, lr=1e-2, n=20, min_count=3,
+        vocabulary="train", split="random", loss="logits-bce", evaluation="hardmax",
+    ),
+}
+
+
+def get_protocol(protocol: str, **changes: object) -> Protocol:
+    r"""The preset ``"authors"`` or ``"book"`` (:class:`Protocol`), with optional field ``changes``.
+
+    ``get_protocol("authors", padding="masked", name="authors + masked padding")`` is the authors'
+    protocol with one choice of the book's.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+    return replace(PROTOCOLS[protocol], **changes) if changes else PROTOCOLS[protocol]
 
 
 @dataclass
@@ -232,17 +370,30 @@ class Dataset:
 
 def prepare_dataset(
     texts: list[str] | list[list[str]], labels: np.ndarray, *, n: int = 20, min_count: int = 2,
-    test_fraction: float = 0.3, seed: int = 0, pretokenized: bool = False,
+    test_fraction: float = 0.3, seed: int = 0, pretokenized: bool = False, split: str = "random",
+    vocabulary: str = "train", protocol: Protocol | None = None,
 ) -> Dataset:
-    r"""The chapter's preprocessing: :func:`tokenize`, seeded split (:func:`split_indices`),
-    vocabulary from the training part only (:func:`build_vocabulary`), :func:`encode` to ``n``
-    tokens; documents left with no in-vocabulary token are dropped (count in ``dropped``)."""
+    r"""Preprocess, split and encode a labelled corpus.
+
+    :func:`tokenize` (unless ``pretokenized``), :func:`split_indices` (``split`` = ``"random"``
+    with ``seed``, or ``"head"``), a vocabulary (:func:`build_vocabulary`) of the words seen at
+    least ``min_count`` times in the training part (``vocabulary="train"``) or in the whole corpus
+    (``"all"``, as the authors), :func:`encode` to ``n`` tokens. Documents left with no
+    in-vocabulary token are dropped (count in ``dropped``). ``protocol`` (:class:`Protocol`), when
+    given, supplies ``n``, ``min_count``, ``test_fraction``, ``split`` and ``vocabulary``.
+    """
+    if protocol is not None:
+        n, min_count, test_fraction = protocol.n, protocol.min_count, protocol.test_fraction
+        split, vocabulary = protocol.split, protocol.vocabulary
+    if vocabulary not in ("train", "all"):
+        raise ValueError(f"vocabulary must be 'train' or 'all', got {vocabulary!r}")
     labels = np.asarray(labels)
     if len(texts) != len(labels):
         raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
     toks = list(texts) if pretokenized else [tokenize(t) for t in texts]
-    tr, te = split_indices(len(toks), test_fraction=test_fraction, seed=seed)
-    vocab = build_vocabulary([toks[i] for i in tr], min_count=min_count)
+    tr, te = split_indices(len(toks), test_fraction=test_fraction, seed=seed, method=split)
+    source = [toks[i] for i in tr] if vocabulary == "train" else toks
+    vocab = build_vocabulary(source, min_count=min_count)
     out = {}
     dropped = 0
     for name, idx in (("train", tr), ("test", te)):
@@ -301,6 +452,7 @@ def synthetic_corpus(
     return docs, labels.astype(np.int64), role
 
 
+
 class HardmaxClassifier(nn.Module):
     r"""Embedding -> one shared pure-attention layer applied ``depth`` times -> mean pool -> linear decoder.
 
@@ -316,14 +468,28 @@ class HardmaxClassifier(nn.Module):
         Seeds the initialisation (embedding :math:`N(0,\sigma^2)` with :math:`\sigma` = ``init_std``,
         default 1 as the authors' ``nn.Embedding``; decoder as :class:`torch.nn.Linear`,
         :math:`\alpha` uniform in (0, 1) as the authors do).
+    padding
+        ``"masked"`` (default): pad tokens are neither attended to nor pooled
+        (:func:`lib.hardmax.padding_mask`); ``"attended"``: the authors' model, where the pad
+        embedding (row 0, trained like any word) is attended to and pooled like any token.
+    alpha_param
+        ``"softplus"`` (default): :math:`\alpha=\mathrm{softplus}(\rho)>0`, so each layer is a
+        convex combination; ``"free"``: :math:`\alpha` is the raw parameter (the authors'
+        ``alpha.clamp(0)`` was not in place, so theirs is unconstrained).
 
-    :math:`\alpha = \mathrm{softplus}(\rho)` keeps the step positive, so each layer is a convex
-    combination (the authors' ``clamp`` was not in place, leaving :math:`\alpha` unconstrained).
-    Padding is *masked*: pad tokens are neither attended to nor pooled (:func:`lib.hardmax.padding_mask`).
+    The layer is :math:`z\mapsto z+\frac{\alpha}{1+\alpha}(\mathrm{att}(z)-z)`, the authors'
+    ``(x + softmax(x x^T / T) (alpha x)) / (1 + alpha)`` written as one step, with :math:`A=I`.
+    Softmax mode uses the fused kernel (:func:`torch.nn.functional.scaled_dot_product_attention`,
+    scale :math:`1/T`). Hardmax mode shares ties uniformly over the tied *tokens*, as the
+    authors' ``hardmaxDynamics``, with the score tolerance of
+    :func:`lib.attention.hardmax_weights` (``tie_rtol`` of :func:`lib.hardmax.default_tie_rtol`):
+    over the model's 8 layers no follower comes near round-off of its leader, so the score test
+    suffices here, while :func:`lib.hardmax.hardmax_layer` is the reference for long runs.
+    It is the same map for :math:`\alpha>0` (tested); it also evaluates a free :math:`\alpha\le0`.
     """
 
     def __init__(self, vocab_size: int, d: int, *, depth: int = 8, generator: torch.Generator,
-                 init_std: float = 1.0) -> None:
+                 init_std: float = 1.0, padding: str = "masked", alpha_param: str = "softplus") -> None:
         super().__init__()
         C.positive_int(vocab_size, "vocab_size")
         C.positive_int(d, "d")
@@ -331,7 +497,11 @@ class HardmaxClassifier(nn.Module):
         init_std = C.positive(init_std, "init_std")
         if not isinstance(generator, torch.Generator):
             raise TypeError("generator must be a torch.Generator")
-        self.d, self.depth = d, depth
+        if padding not in ("masked", "attended"):
+            raise ValueError(f"padding must be 'masked' or 'attended', got {padding!r}")
+        if alpha_param not in ("softplus", "free"):
+            raise ValueError(f"alpha_param must be 'softplus' or 'free', got {alpha_param!r}")
+        self.d, self.depth, self.padding, self.alpha_param = d, depth, padding, alpha_param
         self.embedding = nn.Embedding(vocab_size, d)
         self.decoder = nn.Linear(d, 1)
         with torch.no_grad():
@@ -340,37 +510,106 @@ class HardmaxClassifier(nn.Module):
             self.decoder.weight.copy_((torch.rand(1, d, generator=generator) * 2 - 1) * bound)
             self.decoder.bias.copy_((torch.rand(1, generator=generator) * 2 - 1) * bound)
             a0 = torch.rand((), generator=generator).clamp(1e-3, 1 - 1e-3)
-        self.rho = nn.Parameter(torch.log(torch.expm1(a0)))
+        self.rho = nn.Parameter(torch.log(torch.expm1(a0)) if alpha_param == "softplus" else a0.clone())
+
+    @classmethod
+    def for_protocol(cls, protocol: Protocol, vocab_size: int, d: int, *, generator: torch.Generator
+                     ) -> HardmaxClassifier:
+        """The model a :class:`Protocol` prescribes (padding, alpha parametrisation, init, depth)."""
+        return cls(vocab_size, d, depth=protocol.depth, generator=generator, init_std=protocol.init_std,
+                   padding="attended" if protocol.padding == "attended" else "masked",
+                   alpha_param=protocol.alpha)
 
     @property
     def alpha(self) -> Tensor:
-        """The step :math:`\\alpha = \\mathrm{softplus}(\\rho) > 0`."""
-        return nn.functional.softplus(self.rho)
+        r"""The step :math:`\alpha`: ``softplus(rho)`` or the raw parameter (``alpha_param``)."""
+        return nn.functional.softplus(self.rho) if self.alpha_param == "softplus" else self.rho
+
+    def _slots(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The review as distinct *slots* with multiplicities (exact, and far cheaper than ``n`` tokens).
+
+        All pad tokens share the embedding of index 0 and, receiving the same query and keys, the
+        same trajectory; so the ``n - L`` pad tokens of a review are one slot of multiplicity
+        ``n - L`` when padding is attended (0 when masked: a query, never a key). Slots: the first
+        ``Lmax`` positions of the batch (multiplicity 1 for real tokens, 0 for padding), then the
+        pad slot. Returns slot ids ``(B, S)``, multiplicities ``(B, S)`` (float), pooling weights
+        ``(B, S)`` and the index ``(B, n)`` of each position's slot.
+        """
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
+            raise TypeError("ids must be an integer torch.Tensor of shape (B, n)")
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
+            raise TypeError("lengths must be an integer torch.Tensor")
+        B, n = ids.shape
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        lo = 1 if self.padding == "masked" else 0
+        if bool((lengths < lo).any()) or bool((lengths > n).any()):
+            raise ValueError(f"lengths must lie in [{lo}, {n}]")
+        pos = torch.arange(n, device=ids.device)
+        real = pos < lengths.unsqueeze(-1)
+        if self.padding == "attended" and bool((ids[~real] != 0).any()):
+            raise ValueError("with attended padding, positions at or beyond lengths must hold the pad index 0")
+        Lmax = int(lengths.max()) if B else 0
+        slot_ids = torch.cat([ids[:, :Lmax] * real[:, :Lmax], ids.new_zeros(B, 1)], dim=1)
+        n_pad = (n - lengths) if self.padding == "attended" else torch.zeros_like(lengths)
+        mult = torch.cat([real[:, :Lmax].to(torch.float64), n_pad.unsqueeze(-1).to(torch.float64)], dim=1)
+        pool_w = mult / mult.sum(-1, keepdim=True)
+        index = torch.where(real, pos.expand(B, n), torch.full_like(ids, Lmax))
+        return slot_ids, mult, pool_w, index
 
     def tokens(
         self, ids: Tensor, lengths: Tensor, *, mode: str = "softmax", temperature: float = 1e-3,
         trajectory: bool = False, dtype: torch.dtype | None = None,
     ) -> Tensor:
         r"""Token positions after the ``depth`` layers ``(B, n, d)``, or all layers ``(depth+1, B, n, d)``
-        with ``trajectory=True``. ``mode`` is ``"softmax"`` (temperature ``T``) or ``"hardmax"``."""
+        with ``trajectory=True``. ``mode`` is ``"softmax"`` (temperature ``T``) or ``"hardmax"``.
+
+        ``ids`` ``(B, n)`` word indices, right-padded with 0; ``lengths`` ``(B,)`` real tokens.
+        Computed on slots (:meth:`_slots`): a pad slot of multiplicity :math:`m` enters the
+        softmax with logit bias :math:`\log m` and the hardmax tie sets with weight :math:`m`,
+        which is exactly the attention over the :math:`m` identical pad tokens.
+        """
+        z, _mult, _pool_w, index = self._run(ids, lengths, mode=mode, temperature=temperature, dtype=dtype)
+        g = index.unsqueeze(-1).expand(-1, -1, z[0].shape[-1])
+        full = torch.stack([torch.gather(zk, 1, g) for zk in z])
+        return full if trajectory else full[-1]
+
+    def _run(self, ids: Tensor, lengths: Tensor, *, mode: str, temperature: float,
+             dtype: torch.dtype | None) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
         if mode not in ("softmax", "hardmax"):
             raise ValueError(f"mode must be 'softmax' or 'hardmax', got {mode!r}")
-        z = self.embedding(ids)
+        T = C.positive(temperature, "temperature")
+        slot_ids, mult, pool_w, index = self._slots(ids, lengths)
+        z = self.embedding(slot_ids)
         alpha = self.alpha
         if dtype is not None:
             z, alpha = z.to(dtype), alpha.to(dtype)
-        mask = padding_mask(lengths, ids.shape[-1])
+        mult, pool_w = mult.to(z.dtype), pool_w.to(z.dtype)
+        keys = mult > 0
+        step = alpha / (1 + alpha)
         out = [z]
-        for _ in range(self.depth):
-            if mode == "softmax":
-                z = softmax_layer(z, alpha=alpha, temperature=temperature, mask=mask)
-            else:
-                z = hardmax_layer(z, alpha=alpha, mask=mask)
-            out.append(z)
-        return torch.stack(out) if trajectory else z
+        if mode == "softmax":
+            bias = torch.log(mult).unsqueeze(-2)  # (B, 1, S); -inf for slots that are no key
+            for _ in range(self.depth):
+                att = nn.functional.scaled_dot_product_attention(z, z, z, attn_mask=bias, scale=1.0 / T)
+                z = z + step * (att - z)
+                out.append(z)
+        else:
+            rtol = default_tie_rtol(z.dtype)
+            kmask = keys.unsqueeze(-2).expand(-1, z.shape[-2], -1)
+            for _ in range(self.depth):
+                sel = hardmax_weights(z @ z.transpose(-1, -2), tie_rtol=rtol, mask=kmask) > 0
+                w = sel.to(z.dtype) * mult.unsqueeze(-2)
+                z = z + step * ((w / w.sum(-1, keepdim=True)) @ z - z)
+                out.append(z)
+        return out, mult, pool_w, index
 
     def pool(self, z: Tensor, lengths: Tensor) -> Tensor:
-        r"""Mean over the real tokens: :math:`\bar z = \frac1{L}\sum_{i<L} z_i`, shape ``(B, d)``."""
+        r"""Mean pooling of token positions ``(B, n, d)`` -> ``(B, d)``: over the real tokens,
+        :math:`\frac1L\sum_{i<L} z_i`, when padding is masked; over all ``n`` positions when padding
+        is attended (the authors)."""
+        if self.padding == "attended":
+            return z.mean(-2)
         keep = (torch.arange(z.shape[-2], device=z.device) < lengths.unsqueeze(-1)).to(z.dtype)
         return (z * keep.unsqueeze(-1)).sum(-2) / lengths.to(z.dtype).unsqueeze(-1)
 
@@ -381,65 +620,115 @@ class HardmaxClassifier(nn.Module):
 
     def forward(self, ids: Tensor, lengths: Tensor, *, mode: str = "softmax", temperature: float = 1e-3,
                 dtype: torch.dtype | None = None) -> Tensor:
-        """Logits ``(B,)`` of the positive class."""
-        z = self.tokens(ids, lengths, mode=mode, temperature=temperature, dtype=dtype)
-        return self.score(self.pool(z, lengths))
+        """Logits ``(B,)`` of the positive class (pooling on the slots, :meth:`_slots`)."""
+        z, _, pool_w, _ = self._run(ids, lengths, mode=mode, temperature=temperature, dtype=dtype)
+        return self.score((pool_w.unsqueeze(-1) * z[-1]).sum(-2))
 
 
 @dataclass
 class TrainHistory:
-    """Per-epoch training record: mean training loss, wall time (s), and accuracies if evaluated."""
+    r"""Per-epoch training record.
+
+    loss
+        Mean training loss of the epoch's batches (softmax model, before each step: the authors'
+        running loss). ``loss_hardmax``: the same batches and weights through the exact hardmax
+        model (only when ``hardmax_loss=True``).
+    train_acc, test_acc
+        Accuracies as the protocol's ``evaluation`` defines them (empty without ``eval_data``).
+    epoch_time
+        Wall time (s) of the training part of each epoch; ``alpha``: :math:`\alpha` after it.
+    """
 
     loss: list[float] = field(default_factory=list)
+    loss_hardmax: list[float] = field(default_factory=list)
     epoch_time: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
+    alpha: list[float] = field(default_factory=list)
+
+
+def _loss_fn(kind: str):
+    if kind == "sigmoid-bce":
+        bce = nn.BCELoss()
+        return lambda logit, y: bce(torch.sigmoid(logit), y)
+    if kind == "logits-bce":
+        return nn.BCEWithLogitsLoss()
+    raise ValueError(f"loss must be 'sigmoid-bce' or 'logits-bce', got {kind!r}")
 
 
 def train_classifier(
-    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, y: Tensor, *, epochs: int, lr: float = 1e-2,
-    batch_size: int = 64, temperature: float = 1e-3, clip: float = 5.0, seed: int = 0,
-    eval_data: tuple[Tensor, Tensor, Tensor] | None = None, device: torch.device | str = "cpu",
+    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, y: Tensor, *, epochs: int,
+    protocol: Protocol | None = None, lr: float | None = None, batch_size: int | None = None,
+    temperature: float | None = None, clip: float | None = None, loss: str | None = None,
+    seed: int = 0, eval_data: tuple[Tensor, Tensor, Tensor] | None = None, hardmax_loss: bool = False,
+    device: torch.device | str = "cpu", progress: bool = False,
 ) -> TrainHistory:
     r"""Adam on the binary cross-entropy of the softmax-attention model (temperature ``T``), with
-    gradient-norm clipping (as the authors); minibatches reshuffled each epoch by a seeded generator.
+    gradient-norm clipping; minibatches reshuffled each epoch by a generator seeded with ``seed``.
 
-    Raises ``FloatingPointError`` if the loss becomes non-finite. ``eval_data=(ids, lengths, y)``
-    adds hardmax train/test accuracy per epoch.
+    ``protocol`` (:class:`Protocol`, default the book's) gives ``lr``, ``batch_size``,
+    ``temperature``, ``clip``, ``loss`` and the evaluation; an explicit keyword overrides it.
+    ``eval_data=(ids, lengths, y)`` records train and test accuracy per epoch, as the protocol's
+    ``evaluation`` says (the authors': running mean of the batch accuracies during the epoch, and
+    the softmax model's accuracy averaged over shuffled test batches; the book's: exact hardmax on
+    both sets after the epoch). ``hardmax_loss`` also records the loss of each training batch
+    under the exact hardmax model with the same weights (float64), as the authors' loss figure.
+    Raises ``FloatingPointError`` if the loss becomes non-finite.
     """
+    P = protocol if protocol is not None else PROTOCOLS["book"]
+    lr = C.positive(P.lr if lr is None else lr, "lr")
+    batch_size = C.positive_int(P.batch_size if batch_size is None else batch_size, "batch_size")
+    T = C.positive(P.temperature if temperature is None else temperature, "temperature")
+    clip = C.positive(P.clip if clip is None else clip, "clip")
+    lossf = _loss_fn(P.loss if loss is None else loss)
     C.positive_int(epochs, "epochs")
-    C.positive_int(batch_size, "batch_size")
-    lr = C.positive(lr, "lr")
     model.to(device)
     ids, lengths, y = ids.to(device), lengths.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     hist = TrainHistory()
-    lossf = nn.BCEWithLogitsLoss()
-    for _ in range(epochs):
+    running = P.evaluation == "running-softmax"
+    it = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="epochs", leave=False)
+    for _ in it:
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(len(y), generator=gen).to(device)
-        total, count = 0.0, 0
+        losses, losses_h, accs = [], [], []
         for s in range(0, len(y), batch_size):
             b = perm[s : s + batch_size]
-            logits = model(ids[b], lengths[b], mode="softmax", temperature=temperature)
-            loss = lossf(logits, y[b])
-            if not torch.isfinite(loss):
+            out = model(ids[b], lengths[b], mode="softmax", temperature=T)
+            batch_loss = lossf(out, y[b])
+            if not torch.isfinite(batch_loss):
                 raise FloatingPointError("training loss is not finite")
             opt.zero_grad()
-            loss.backward()
+            batch_loss.backward()
+            losses.append(batch_loss.item())
+            if running:
+                accs.append(float(((out.detach() > 0).float() == y[b]).float().mean()))
+            if hardmax_loss:
+                with torch.no_grad():
+                    lh = model(ids[b], lengths[b], mode="hardmax", dtype=torch.float64).float()
+                    losses_h.append(float(lossf(lh, y[b])))
             nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
-            total += loss.item() * len(b)
-            count += len(b)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         hist.epoch_time.append(time.perf_counter() - t0)
-        hist.loss.append(total / count)
+        hist.loss.append(float(np.mean(losses)))
+        hist.alpha.append(float(model.alpha.detach()))
+        if hardmax_loss:
+            hist.loss_hardmax.append(float(np.mean(losses_h)))
         if eval_data is not None:
-            hist.train_acc.append(evaluate(model, ids, lengths, y)["accuracy"])
-            hist.test_acc.append(evaluate(model, *eval_data)["accuracy"])
+            if running:
+                hist.train_acc.append(float(np.mean(accs)))
+                hist.test_acc.append(evaluate(model, *eval_data, protocol=P, seed=seed)["accuracy"])
+            else:
+                hist.train_acc.append(evaluate(model, ids, lengths, y)["accuracy"])
+                hist.test_acc.append(evaluate(model, *eval_data)["accuracy"])
     return hist
 
 
@@ -450,24 +739,111 @@ def _metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(
-    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, y: Tensor, *, mode: str = "hardmax",
+def logits(
+    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, *, mode: str = "hardmax",
     temperature: float = 1e-3, batch_size: int = 2048,
-) -> dict[str, float]:
-    r"""Accuracy, balanced accuracy and mean BCE loss. ``mode="hardmax"`` (default) runs the exact
-    hardmax layer in float64; ``"softmax"`` runs the training model at temperature ``T`` (float32)."""
+) -> Tensor:
+    r"""Logits ``(N,)`` (CPU, float32) in chunks of ``batch_size``: ``mode="hardmax"`` runs the exact
+    hardmax layer in float64, ``"softmax"`` the training model at temperature ``T`` (float32)."""
     model.eval()
     dev = next(model.parameters()).device
-    logits = []
-    for s in range(0, len(y), batch_size):
-        sl = slice(s, s + batch_size)
-        dt = torch.float64 if mode == "hardmax" else None
-        logits.append(model(ids[sl].to(dev), lengths[sl].to(dev), mode=mode, temperature=temperature, dtype=dt).float())
-    logit = torch.cat(logits).cpu()
+    dt = torch.float64 if mode == "hardmax" else None
+    out = [model(ids[s : s + batch_size].to(dev), lengths[s : s + batch_size].to(dev), mode=mode,
+                 temperature=temperature, dtype=dt).float().cpu() for s in range(0, len(ids), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(
+    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, y: Tensor, *, mode: str = "hardmax",
+    temperature: float = 1e-3, batch_size: int = 2048, protocol: Protocol | None = None, seed: int = 0,
+) -> dict[str, float]:
+    r"""Accuracy, balanced accuracy and mean BCE loss of ``model`` on ``(ids, lengths, y)``.
+
+    Without ``protocol``: ``mode="hardmax"`` (default) runs the exact hardmax layer in float64,
+    ``"softmax"`` the training model at temperature ``T``. With a :class:`Protocol` whose
+    ``evaluation`` is ``"running-softmax"`` (the authors'): the softmax model at the protocol's
+    temperature, and ``accuracy`` is the mean of the accuracies of shuffled batches of the
+    protocol's ``batch_size`` (the last one smaller, weighted like the others; order seeded by
+    ``seed``), as the authors' test loop; ``"hardmax"`` is the book's exact evaluation.
+    """
+    if protocol is not None:
+        if protocol.evaluation == "hardmax":
+            mode = "hardmax"
+        else:
+            mode, temperature = "softmax", protocol.temperature
+    logit = logits(model, ids, lengths, mode=mode, temperature=temperature, batch_size=batch_size)
     yy = y.float().cpu()
-    out = _metrics((logit > 0).long().numpy(), yy.long().numpy())
+    pred = (logit > 0).long().numpy()
+    out = _metrics(pred, yy.long().numpy())
     out["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logit, yy))
+    if protocol is not None and protocol.evaluation == "running-softmax":
+        perm = torch.randperm(len(yy), generator=torch.Generator().manual_seed(seed)).numpy()
+        hit = (pred == yy.long().numpy())[perm]
+        bs = protocol.batch_size
+        out["accuracy"] = float(np.mean([hit[s : s + bs].mean() for s in range(0, len(hit), bs)]))
     return out
+
+
+@dataclass
+class Run:
+    r"""One trained (or untrained) classifier of :func:`train_run` and its test numbers.
+
+    ``test``/``train``: exact hardmax accuracy (float64) on the test/training set;
+    ``test_balanced``: balanced test accuracy; ``test_softmax``: the softmax model's test accuracy
+    at the protocol's temperature; ``test_protocol``: test accuracy as the protocol itself
+    reports it (:func:`evaluate` with ``protocol``); ``loss_softmax``/``loss_hardmax``: mean test
+    BCE of the two forms; ``history``: the :class:`TrainHistory` (empty for ``epochs=0``).
+    """
+
+    protocol: Protocol
+    d: int
+    seed: int
+    epochs: int
+    model: HardmaxClassifier = field(repr=False)
+    history: TrainHistory = field(repr=False)
+    test: float
+    test_balanced: float
+    test_softmax: float
+    test_protocol: float
+    train: float
+    loss_softmax: float
+    loss_hardmax: float
+    alpha: float
+
+
+def train_run(
+    protocol: Protocol, data: Dataset, d: int, seed: int, *, epochs: int, curves: bool = False,
+    hardmax_loss: bool = False, device: torch.device | str = "cpu", progress: bool = False,
+    train_accuracy: bool = True,
+) -> Run:
+    r"""Build the model ``protocol`` prescribes (:meth:`HardmaxClassifier.for_protocol`, seeded with
+    ``seed``), train it for ``epochs`` epochs (``0``: the untrained control) and evaluate it.
+
+    ``curves`` records train/test accuracy per epoch (the protocol's evaluation),
+    ``hardmax_loss`` the hardmax loss of each training batch (:func:`train_classifier`).
+    ``train_accuracy=False`` skips the hardmax accuracy on the training set (``train`` is NaN).
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    model = HardmaxClassifier.for_protocol(protocol, len(data.vocab), d, generator=torch.Generator().manual_seed(seed))
+    hist = TrainHistory()
+    if epochs > 0:
+        hist = train_classifier(
+            model, data.train_ids, data.train_len, data.train_y, epochs=epochs, protocol=protocol, seed=seed,
+            eval_data=(data.test_ids, data.test_len, data.test_y) if curves else None,
+            hardmax_loss=hardmax_loss, device=device, progress=progress,
+        )
+    model.cpu()
+    te_h = evaluate(model, data.test_ids, data.test_len, data.test_y, mode="hardmax")
+    te_s = evaluate(model, data.test_ids, data.test_len, data.test_y, mode="softmax", temperature=protocol.temperature)
+    te_p = evaluate(model, data.test_ids, data.test_len, data.test_y, protocol=protocol, seed=seed)
+    train = math.nan
+    if train_accuracy:
+        train = evaluate(model, data.train_ids, data.train_len, data.train_y, mode="hardmax")["accuracy"]
+    return Run(protocol, d, seed, epochs, model, hist, te_h["accuracy"], te_h["balanced_accuracy"],
+               te_s["accuracy"], te_p["accuracy"], train, te_s["loss"], te_h["loss"],
+               float(model.alpha.detach()))
 
 
 def bow_baseline(train_tokens: list[list[str]], y_train: Tensor | np.ndarray, test_tokens: list[list[str]],
@@ -502,7 +878,8 @@ class LeaderStats:
     n_initial_leaders
         ``(N,)`` how many of those were already leaders at layer 0.
     lengths
-        ``(N,)`` number of real tokens; ``n_distinct_words`` the number of distinct words.
+        ``(N,)`` number of real tokens; ``n_distinct_words`` the number of distinct words taking
+        part in the dynamics (with attended padding the pad token is one of them).
     leader_mask
         ``(N, n)`` strict leaders (tokens) after the last layer; ``leader_mask0`` at layer 0.
     final_tokens
@@ -521,30 +898,58 @@ class LeaderStats:
     @property
     def fraction_initial(self) -> float:
         """Mean over reviews of #(final leaders that were leaders at layer 0) / #(final leaders)."""
-        return float(np.mean(self.n_initial_leaders / self.n_leaders))
+        return float(np.mean(self.n_initial_leaders / np.maximum(self.n_leaders, 1)))
+
+
+def _strict_leaders(z: Tensor, keys: Tensor, atol: float) -> Tensor:
+    r"""Boolean ``(B, n)``: token :math:`i` is in its own argmax set over the allowed ``keys``
+    ``(B, n)`` (the score tolerance of :class:`HardmaxClassifier`), and every token of that set lies
+    within ``atol`` of :math:`z_i` (a *strict* leader, :func:`lib.hardmax.strict_leaders`)."""
+    kmask = keys.unsqueeze(-2).expand(-1, z.shape[-2], -1)
+    sets = hardmax_weights(z @ z.transpose(-1, -2), tie_rtol=default_tie_rtol(z.dtype), mask=kmask) > 0
+    far = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist") > atol
+    return torch.diagonal(sets, dim1=-2, dim2=-1) & ~(sets & far).any(dim=-1)
 
 
 @torch.no_grad()
-def leader_statistics(model: HardmaxClassifier, ids: Tensor, lengths: Tensor, *, atol: float = 1e-6) -> LeaderStats:
-    r"""Run the exact hardmax dynamics (float64) and count leaders per review.
+def leader_statistics(
+    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, *, atol: float = 1e-6, batch_size: int = 512
+) -> LeaderStats:
+    r"""Run the exact hardmax dynamics (float64) and count leaders per review (in chunks of ``batch_size``).
 
     Tokens of one word share an embedding and so one position (an exact tie); a leader is counted
     once per distinct position (:func:`lib.hardmax.distinct_points` at ``atol``). A final leader
     position "was a leader at layer 0" when some token at that position was a strict leader at layer 0.
+    With masked padding only the real tokens take part; with attended padding (the authors' model)
+    all ``n`` positions do, and the pad tokens (one shared position) count as one more word.
     """
     model.eval()
-    traj = model.tokens(ids, lengths, mode="hardmax", trajectory=True, dtype=torch.float64)
-    mask = padding_mask(lengths, ids.shape[-1])
-    L0 = strict_leaders(traj[0], atol=atol, mask=mask).numpy()
-    LK = strict_leaders(traj[-1], atol=atol, mask=mask).numpy()
-    zK = traj[-1].numpy()
-    prob = torch.sigmoid(model.score(model.pool(traj[-1], lengths))).numpy()
+    n = ids.shape[-1]
+    parts = []
+    for s in range(0, len(ids), batch_size):
+        idb, lb = ids[s : s + batch_size], lengths[s : s + batch_size]
+        traj = model.tokens(idb, lb, mode="hardmax", trajectory=True, dtype=torch.float64)
+        if model.padding == "masked":
+            keys = torch.arange(n) < lb.unsqueeze(-1)
+        else:
+            keys = torch.ones(idb.shape, dtype=torch.bool)
+        L0 = (_strict_leaders(traj[0], keys, atol) & keys).numpy()
+        LK = (_strict_leaders(traj[-1], keys, atol) & keys).numpy()
+        prob = torch.sigmoid(model.score(model.pool(traj[-1], lb))).numpy()
+        parts.append((L0, LK, traj[-1].numpy(), prob))
+    L0 = np.concatenate([p[0] for p in parts])
+    LK = np.concatenate([p[1] for p in parts])
+    zK = np.concatenate([p[2] for p in parts])
+    prob = np.concatenate([p[3] for p in parts])
     lens = lengths.numpy()
     n_lead = np.zeros(len(lens), dtype=int)
     n_init = np.zeros(len(lens), dtype=int)
-    n_words = np.array([len(set(ids[r, : lens[r]].tolist())) for r in range(len(lens))])
+    upto = lens if model.padding == "masked" else np.full_like(lens, n)
+    n_words = np.array([len(set(ids[r, : upto[r]].tolist())) for r in range(len(lens))])
     for r in range(len(lens)):
         idx = np.flatnonzero(LK[r])
+        if len(idx) == 0:
+            continue
         labels, _ = distinct_points(zK[r, idx], atol=atol)
         n_lead[r] = labels.max() + 1
         n_init[r] = len({labels[t] for t, i in enumerate(idx) if L0[r, i]})

@@ -8,15 +8,19 @@ import torch
 
 from lib.hardmax import hardmax_layer, padding_mask
 from lib.sentiment import (
+    PROTOCOLS,
     HardmaxClassifier,
+    Protocol,
     bow_baseline,
     build_vocabulary,
     confident_leader_words,
     encode,
     evaluate,
+    get_protocol,
     leader_statistics,
     load_rotten_tomatoes,
     load_vader_lexicon,
+    logits,
     majority_baseline,
     prepare_dataset,
     split_indices,
@@ -173,3 +177,195 @@ def test_bad_model_input():
         m(torch.tensor([[1, 2]]), torch.tensor([0]))
     with pytest.raises(ValueError, match="texts and labels"):
         prepare_dataset(["a b"], np.array([1, 0]))
+
+
+
+# ---------------------------------------------------------------- the two protocols (issue: faithful first)
+
+
+def _brute_force_logits(E, v, b, alpha, ids, lens, *, padding, mode, T=1e-3, depth=8, tie=1e-12):
+    """Independent reference, one review and one token at a time in NumPy float64, as the authors'
+    ``hardmaxDynamics`` / ``CustomSelfAttention`` (A = I): every one of the n positions is a token;
+    with masked padding only real tokens are keys and only they are pooled."""
+    out = []
+    for r in range(ids.shape[0]):
+        L, n = int(lens[r]), ids.shape[1]
+        z = E[ids[r]].astype(np.float64).copy()
+        keys = np.arange(n) < L if padding == "masked" else np.ones(n, dtype=bool)
+        for _ in range(depth):
+            new = np.empty_like(z)
+            for i in range(n):
+                s = z[keys] @ z[i]
+                if mode == "softmax":
+                    w = np.exp((s - s.max()) / T)
+                    w /= w.sum()
+                else:
+                    sel = s >= s.max() - tie * max(1.0, np.abs(s).max())
+                    w = sel / sel.sum()
+                new[i] = (z[i] + alpha * (w @ z[keys])) / (1 + alpha)
+            z = new
+        pooled = z[:L].mean(0) if padding == "masked" else z.mean(0)
+        out.append(pooled @ v + b)
+    return np.array(out)
+
+
+def _pair(vocab=15, d=2, seed=0):
+    """An authors' and a book model with the same weights (embedding, decoder, alpha)."""
+    g = torch.Generator().manual_seed(seed)
+    ma = HardmaxClassifier.for_protocol(get_protocol("authors"), vocab, d, generator=g)
+    mb = HardmaxClassifier.for_protocol(get_protocol("book"), vocab, d, generator=torch.Generator())
+    with torch.no_grad():
+        mb.embedding.weight.copy_(ma.embedding.weight)
+        mb.decoder.load_state_dict(ma.decoder.state_dict())
+        mb.rho.copy_(torch.log(torch.expm1(ma.rho)))
+    assert torch.allclose(ma.alpha, mb.alpha)
+    return ma, mb
+
+
+def _batch(vocab=15, n=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([3, 9, 1, 6, 5])
+    ids = torch.randint(1, vocab, (len(lens), n), generator=g)
+    ids[torch.arange(n) >= lens.unsqueeze(-1)] = 0
+    return ids, lens
+
+
+@pytest.mark.parametrize("mode", ["hardmax", "softmax"])
+def test_both_protocols_match_brute_force(mode):
+    ma, mb = _pair()
+    ids, lens = _batch()
+    E = ma.embedding.weight.detach().double().numpy()
+    v, b = ma.decoder.weight.detach().double().numpy()[0], float(ma.decoder.bias.detach())
+    a = float(ma.alpha.detach())
+    T = 0.05 if mode == "softmax" else 1e-3  # a temperature where softmax is not yet hardmax
+    for model, padding in ((ma, "attended"), (mb, "masked")):
+        ref = _brute_force_logits(E, v, b, a, ids.numpy(), lens.numpy(), padding=padding, mode=mode, T=T)
+        got = model(ids, lens, mode=mode, temperature=T, dtype=torch.float64).detach().numpy()
+        tol = 1e-9
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+        assert np.array_equal(got > 0, ref > 0)
+        # the trajectory's last layer, pooled as the protocol says, gives the same logit
+        zK = model.tokens(ids, lens, mode=mode, temperature=T, dtype=torch.float64)
+        np.testing.assert_allclose(model.score(model.pool(zK, lens)).detach().numpy(), ref, rtol=tol, atol=tol)
+
+
+def test_hardmax_path_agrees_with_lib_hardmax_layer():
+    _, mb = _pair(d=3)
+    ids, lens = _batch()
+    z = mb.embedding(ids).double()
+    mask = padding_mask(lens, ids.shape[1])
+    for _ in range(mb.depth):
+        z = hardmax_layer(z, alpha=mb.alpha.double(), mask=mask)
+    zK = mb.tokens(ids, lens, mode="hardmax", dtype=torch.float64)
+    real = torch.arange(ids.shape[1]) < lens.unsqueeze(-1)
+    assert torch.allclose(zK[real], z[real], atol=1e-12)
+
+
+def test_padding_differs_exactly_where_it_should():
+    ma, mb = _pair()
+    ids, lens = _batch()
+    full = lens == ids.shape[1]  # the one review without padding
+    la, lb = ma(ids, lens, mode="hardmax", dtype=torch.float64), mb(ids, lens, mode="hardmax", dtype=torch.float64)
+    # without padding the two models are the same map
+    assert torch.allclose(la[full], lb[full], atol=1e-12)
+    assert (la[~full] - lb[~full]).abs().min() > 1e-6
+    # more padding: nothing changes when it is masked; the padded reviews change when it is attended
+    ids2 = torch.cat([ids, torch.zeros(len(lens), 4, dtype=torch.int64)], 1)
+    for mode in ("hardmax", "softmax"):
+        kw = {"mode": mode, "dtype": torch.float64, "temperature": 1e-3}
+        assert torch.allclose(mb(ids2, lens, **kw), mb(ids, lens, **kw), atol=1e-10)
+        da = (ma(ids2, lens, **kw) - ma(ids, lens, **kw)).abs()
+        assert (da[~full] > 1e-6).all()
+    # moving the pad embedding moves only the attended model's padded reviews
+    with torch.no_grad():
+        ma.embedding.weight[0] += 3.0
+        mb.embedding.weight[0] += 3.0
+    assert torch.allclose(mb(ids, lens, mode="hardmax", dtype=torch.float64), lb, atol=1e-12)
+    la2 = ma(ids, lens, mode="hardmax", dtype=torch.float64)
+    assert torch.allclose(la2[full], la[full], atol=1e-12) and ((la2 - la)[~full].abs() > 1e-6).all()
+    # attended padding requires the pad index beyond lengths
+    bad = ids.clone()
+    bad[0, 5] = 3
+    with pytest.raises(ValueError, match="pad index"):
+        ma(bad, lens)
+
+
+def test_free_alpha_is_unconstrained():
+    ma, _ = _pair()
+    with torch.no_grad():
+        ma.rho.fill_(-0.3)
+    assert float(ma.alpha.detach()) == pytest.approx(-0.3)
+    ids, lens = _batch()
+    E = ma.embedding.weight.detach().double().numpy()
+    v, b = ma.decoder.weight.detach().double().numpy()[0], float(ma.decoder.bias.detach())
+    a = float(ma.alpha.detach())  # -0.3 in float32
+    ref = _brute_force_logits(E, v, b, a, ids.numpy(), lens.numpy(), padding="attended", mode="hardmax")
+    np.testing.assert_allclose(ma(ids, lens, mode="hardmax", dtype=torch.float64).detach().numpy(), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_protocol_presets_follow_the_authors_code():
+    A, B = get_protocol("authors"), get_protocol("book")
+    assert (A.padding, A.alpha, A.init_std, A.lr, A.n, A.min_count, A.vocabulary, A.split, A.loss, A.evaluation) == (
+        "attended", "free", 1.0, 1e-3, 128, 1, "all", "head", "sigmoid-bce", "running-softmax")
+    assert (A.batch_size, A.clip, A.temperature, A.depth, A.test_fraction) == (64, 5.0, 1e-3, 8, 0.3)
+    assert set(A.differences(B)) == {"padding", "alpha", "init_std", "lr", "n", "min_count", "vocabulary",
+                                      "split", "loss", "evaluation"}
+    C1 = get_protocol("authors", padding="masked")
+    assert A.differences(C1) == {"padding": ("attended", "masked")} and set(PROTOCOLS) == {"authors", "book"}
+    with pytest.raises(ValueError, match="padding"):
+        get_protocol("authors", padding="ignored")
+    with pytest.raises(ValueError, match="protocol"):
+        get_protocol("mine")
+    m = HardmaxClassifier.for_protocol(A, 10, 2, generator=torch.Generator().manual_seed(0))
+    assert m.padding == "attended" and m.alpha_param == "free" and m.depth == 8
+    assert isinstance(A, Protocol)
+
+
+def test_head_split_and_all_word_vocabulary():
+    tr, te = split_indices(10, test_fraction=0.3, method="head")
+    assert tr.tolist() == list(range(7)) and te.tolist() == [7, 8, 9]
+    docs = [["good", "film"], ["bad", "film"], ["good"], ["rare", "bad"]] * 2 + [["unseen", "good"], ["bad"]]
+    y = np.array([1, 0, 1, 0] * 2 + [1, 0])
+    ds = prepare_dataset(docs, y, protocol=get_protocol("authors"), pretokenized=True)
+    assert "unseen" in ds.vocab.index and ds.train_ids.shape[1] == 128 and len(ds.test_y) == 3
+    assert ds.test_y.tolist() == [0.0, 1.0, 0.0]
+    ds2 = prepare_dataset(docs, y, n=5, min_count=1, split="head", vocabulary="train", pretokenized=True)
+    assert "unseen" not in ds2.vocab.index
+    with pytest.raises(ValueError, match="method"):
+        split_indices(10, method="tail")
+
+
+def test_running_softmax_evaluation_is_a_mean_of_batch_accuracies():
+    ma, _ = _pair(vocab=30)
+    g = torch.Generator().manual_seed(5)
+    lens = torch.randint(1, 9, (150,), generator=g)
+    ids = torch.randint(1, 30, (150, 8), generator=g)
+    ids[torch.arange(8) >= lens.unsqueeze(-1)] = 0
+    y = torch.randint(0, 2, (150,), generator=g).float()
+    P = get_protocol("authors", batch_size=64)
+    ev = evaluate(ma, ids, lens, y, protocol=P, seed=3)
+    hit = ((logits(ma, ids, lens, mode="softmax", temperature=P.temperature) > 0).float() == y).numpy()
+    perm = torch.randperm(150, generator=torch.Generator().manual_seed(3)).numpy()
+    manual = np.mean([hit[perm][s : s + 64].mean() for s in (0, 64, 128)])
+    assert ev["accuracy"] == pytest.approx(manual) and ev["accuracy"] != pytest.approx(hit.mean())
+
+
+def test_authors_protocol_trains_and_records_both_losses():
+    lex = load_vader_lexicon()
+    docs, y, _ = synthetic_corpus(lex, n_docs=400, seed=0, n_sentiment_words=20, n_filler_words=40)
+    P = get_protocol("authors", n=24, lr=1e-2)
+    ds = prepare_dataset(docs, y, protocol=P, pretokenized=True)
+    m = HardmaxClassifier.for_protocol(P, len(ds.vocab), 2, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        h = train_classifier(m, ds.train_ids, ds.train_len, ds.train_y, epochs=4, protocol=P, seed=0,
+                             eval_data=(ds.test_ids, ds.test_len, ds.test_y), hardmax_loss=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(h.loss) == len(h.loss_hardmax) == len(h.test_acc) == len(h.train_acc) == len(h.alpha) == 4
+    assert h.loss[-1] < h.loss[0] and abs(h.loss[0] - h.loss_hardmax[0]) < 0.05
+    # the authors' loss: sigmoid then BCELoss
+    out = m(ds.test_ids, ds.test_len)
+    ref = torch.nn.BCELoss()(torch.sigmoid(out), ds.test_y)
+    assert torch.allclose(ref, torch.nn.functional.binary_cross_entropy_with_logits(out, ds.test_y), atol=1e-5)
