@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
                 except CellExecutionError as e:
                     # keep going: later sections are independent measurements; the record keeps
                     # the error, and a failed claim is in the records as FAIL
-                    msg = str(e).strip().splitlines()
+                    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
                     errors.append({"section": section, "cell": i, "error": msg[-1][-500:] if msg else "?"})
                     print(f"[chapter {chapter}] cell {i} failed: {errors[-1]['error']}", flush=True)
                 sections[section] = sections.get(section, 0.0) + time.perf_counter() - t

@@ -21,6 +21,7 @@ build are flagged as stale. Pages holding a directive are re-read on every build
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from docutils import nodes
@@ -30,6 +31,7 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
 logger = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in kernel tracebacks
 
 _COLUMNS = ("claim", "kind", "statement (the paper says)", "measured (CI scale)", "bound (source)",
             "negative control", "outcome", "paper scale")
@@ -161,7 +163,7 @@ def _chapter_table(app: Sphinx, docname: str, chapter: int, records, started: fl
         paper_line = (
             f"Paper-scale run recorded at commit {str(prov.get('commit', '?'))[:8]} on {prov.get('date', '?')[:10]}, "
             f"{prov.get('device', '?')}, {prov.get('wall_s', '?')} s"
-            + ("" if prov.get("completed", True) else f", did not complete ({prov.get('error', '')[:200]})")
+            + ("" if prov.get("completed", True) else f", did not complete ({_ANSI.sub('', prov.get('error') or '')[:200]})")
             + (f"; stale: {why}" if stale else "; current (no chapter source or lib module it imports changed since)")
             + "."
         )
