@@ -137,6 +137,49 @@ def _outcome_cell(r, stale: bool) -> str:
     return text
 
 
+def observed_outcome(claim: dict) -> str:
+    """What a recorded paper claim shows, whatever was declared: ``reproduced``, ``partly`` or
+    ``not reproduced`` (with ``inconclusive`` when its control does not fail the bound).
+
+    A record whose declared outcome did not hold is stored as ``FAIL`` with its numbers; the ledger
+    reads the outcome those numbers show with the rule :func:`lib.claims.check` applies.
+    """
+    from lib.claims import _holds
+
+    rel, exp, tol = claim["relation"], claim["expected"], claim.get("tol")
+    if claim.get("kind") != "paper":
+        return "does not hold" if not _holds(claim["measured"], rel, exp, tol) else "holds"
+    seeds = claim.get("seeds") or []
+    weaker = claim.get("weaker")
+    if _holds(claim["measured"], rel, exp, tol):
+        out = "reproduced"
+    elif (len(seeds) > 1 and any(_holds(v, rel, exp, tol) for v in seeds)) or (
+        weaker is not None and _holds(claim["measured"], weaker[0], weaker[1], None)
+    ):
+        out = "partly"
+    else:
+        out = "not reproduced"
+    if (claim.get("control") or {}).get("holds"):
+        out += ", inconclusive: its control does not fail the bound"
+    return out
+
+
+def _paper_cell(chapter: int, cid: str) -> str:
+    """The paper-scale column: the recorded outcome, and for a FAIL what the numbers show."""
+    from lib.provenance import paper_outcome_text, paper_record
+
+    text = paper_outcome_text(chapter, cid)
+    rec = paper_record(chapter)
+    claim = (rec or {}).get("claims", {}).get(cid)
+    if claim is not None and claim.get("outcome") == "FAIL":
+        if claim.get("kind") == "paper":
+            why = f"the declared outcome did not hold; observed {observed_outcome(claim)}"
+        else:
+            why = "the book check does not hold at this scale"
+        text = f"FAIL: {why}. " + text[4:].strip()
+    return text
+
+
 def _statement_cell(r) -> str:
     text = r.statement
     if r.kind == "paper" and r.paper_says and r.paper_says != r.statement:
@@ -146,7 +189,7 @@ def _statement_cell(r) -> str:
 
 def _chapter_table(app: Sphinx, docname: str, chapter: int, records, started: float) -> list[nodes.Node]:
     from lib.claims import _count
-    from lib.provenance import is_stale, paper_outcome_text, paper_record
+    from lib.provenance import is_stale, paper_record
 
     recs = [r for r in records if r.chapter == chapter]
     out: list[nodes.Node] = []
@@ -183,7 +226,7 @@ def _chapter_table(app: Sphinx, docname: str, chapter: int, records, started: fl
             f"{r.expected_text} ({r.bound_source})",
             r.control_text,
             _outcome_cell(r, r.time < started),
-            paper_outcome_text(chapter, r.id),
+            _paper_cell(chapter, r.id),
         ])
     out.append(_table(rows))
     return out
