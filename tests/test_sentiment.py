@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from lib.sentiment import (
     PROTOCOLS,
     HardmaxClassifier,
     Protocol,
+    Run,
     bow_baseline,
     build_vocabulary,
     confident_leader_words,
@@ -27,11 +30,16 @@ from lib.sentiment import (
     synthetic_corpus,
     tokenize,
     train_classifier,
+    train_runs,
 )
 
 
 def test_tokenize():
-    assert tokenize("A <br />GREAT film, not 2 be missed!!") == ["great", "film", "missed"]
+    assert tokenize("A <br />GREAT film, not 2 be missed!!") == [
+        "great",
+        "film",
+        "missed",
+    ]
     assert tokenize("Don't stop", stopwords=frozenset()) == ["don", "stop"]
     with pytest.raises(TypeError, match="text"):
         tokenize(3)
@@ -49,8 +57,12 @@ def test_vocabulary_and_encode():
 
 def test_split_is_seeded_partition():
     tr, te = split_indices(100, test_fraction=0.3, seed=7)
-    assert len(te) == 30 and len(np.intersect1d(tr, te)) == 0 and len(np.union1d(tr, te)) == 100
-    tr2, te2 = split_indices(100, test_fraction=0.3, seed=7)
+    assert (
+        len(te) == 30
+        and len(np.intersect1d(tr, te)) == 0
+        and len(np.union1d(tr, te)) == 100
+    )
+    _tr2, te2 = split_indices(100, test_fraction=0.3, seed=7)
     assert np.array_equal(te, te2)
     with pytest.raises(ValueError, match="test_fraction"):
         split_indices(10, test_fraction=1.0)
@@ -68,8 +80,12 @@ def test_vader_lexicon():
 
 def test_synthetic_corpus_ground_truth():
     lex = load_vader_lexicon()
-    docs, y, role = synthetic_corpus(lex, n_docs=300, seed=3, n_sentiment_words=40, n_filler_words=50)
-    docs2, y2, _ = synthetic_corpus(lex, n_docs=300, seed=3, n_sentiment_words=40, n_filler_words=50)
+    docs, y, role = synthetic_corpus(
+        lex, n_docs=300, seed=3, n_sentiment_words=40, n_filler_words=50
+    )
+    docs2, y2, _ = synthetic_corpus(
+        lex, n_docs=300, seed=3, n_sentiment_words=40, n_filler_words=50
+    )
     assert docs == docs2 and np.array_equal(y, y2)
     for d, lab in zip(docs, y):
         signs = [role[w] for w in d if role[w] != 0]
@@ -79,7 +95,9 @@ def test_synthetic_corpus_ground_truth():
 
 
 def _toy_model(d=2, vocab=12, seed=0):
-    return HardmaxClassifier(vocab, d, depth=4, generator=torch.Generator().manual_seed(seed))
+    return HardmaxClassifier(
+        vocab, d, depth=4, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_model_hardmax_matches_layer_and_padding_invariance():
@@ -91,14 +109,20 @@ def test_model_hardmax_matches_layer_and_padding_invariance():
     a = m.alpha.double()
     for _ in range(4):
         z = hardmax_layer(z, alpha=a, mask=mask)
-    ref = (z[0, :3].mean(0) @ m.decoder.weight.double().T).squeeze() + m.decoder.bias.double()
+    ref = (
+        z[0, :3].mean(0) @ m.decoder.weight.double().T
+    ).squeeze() + m.decoder.bias.double()
     out = m(ids, lens, mode="hardmax", dtype=torch.float64)
     assert torch.allclose(out[0], ref.squeeze())
     # more padding changes nothing; different pad ids change nothing
     ids2 = torch.cat([ids, torch.zeros(2, 3, dtype=torch.int64)], 1)
     ids2[0, 3:] = 7
     assert torch.allclose(m(ids2, lens, mode="hardmax", dtype=torch.float64), out)
-    assert torch.allclose(m(ids, lens, mode="softmax", temperature=1e-4, dtype=torch.float64), out, atol=1e-8)
+    assert torch.allclose(
+        m(ids, lens, mode="softmax", temperature=1e-4, dtype=torch.float64),
+        out,
+        atol=1e-8,
+    )
 
 
 def test_low_temperature_training_step_finite_float32():
@@ -107,20 +131,32 @@ def test_low_temperature_training_step_finite_float32():
         m.embedding.weight.mul_(10)  # logits |z|^2 / T ~ 1e5
     ids = torch.randint(1, 30, (8, 6), generator=torch.Generator().manual_seed(1))
     lens = torch.full((8,), 6)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(m(ids, lens, temperature=1e-3), torch.ones(8))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        m(ids, lens, temperature=1e-3), torch.ones(8)
+    )
     loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in m.parameters()
+    )
 
 
 def test_training_learns_synthetic_and_leaders():
     lex = load_vader_lexicon()
-    docs, y, role = synthetic_corpus(lex, n_docs=600, seed=0, n_sentiment_words=20, n_filler_words=40)
+    docs, y, _role = synthetic_corpus(
+        lex, n_docs=600, seed=0, n_sentiment_words=20, n_filler_words=40
+    )
     ds = prepare_dataset(docs, y, n=20, min_count=1, seed=0, pretokenized=True)
-    m = HardmaxClassifier(len(ds.vocab), 2, generator=torch.Generator().manual_seed(0), init_std=0.1)
+    m = HardmaxClassifier(
+        len(ds.vocab), 2, generator=torch.Generator().manual_seed(0), init_std=0.1
+    )
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead on a shared machine
+    torch.set_num_threads(
+        1
+    )  # tiny tensors: extra threads only add overhead on a shared machine
     try:
-        hist = train_classifier(m, ds.train_ids, ds.train_len, ds.train_y, epochs=6, lr=2e-2, seed=0)
+        hist = train_classifier(
+            m, ds.train_ids, ds.train_len, ds.train_y, epochs=6, lr=2e-2, seed=0
+        )
     finally:
         torch.set_num_threads(threads)
     assert hist.loss[-1] < hist.loss[0] and len(hist.epoch_time) == 6
@@ -137,7 +173,11 @@ def test_leaders_by_hand():
     vocab = Vocabulary(["<pad>", "good", "bad", "plot", "actor"])
     m = HardmaxClassifier(5, 2, depth=8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        m.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [5.0, 0.0], [-12.0, 0.0], [0.3, 0.2], [0.1, -0.2]]))
+        m.embedding.weight.copy_(
+            torch.tensor(
+                [[0.0, 0.0], [5.0, 0.0], [-12.0, 0.0], [0.3, 0.2], [0.1, -0.2]]
+            )
+        )
         m.decoder.weight.copy_(torch.tensor([[1.0, 0.0]]))
         m.decoder.bias.zero_()
     ids = torch.tensor([[1, 3, 4, 3, 0], [2, 4, 3, 0, 0]])
@@ -149,7 +189,9 @@ def test_leaders_by_hand():
     # review 1: plot=(0.3, 0.2): <z, z> = 0.13 > <z, actor> = -0.01 > <z, bad> = -3.6, and
     # actor=(0.1, -0.2): <z, z> = 0.05 > -0.01 > -1.2: both are (weak) leaders, next to bad
     assert st.leader_mask[1].tolist() == [True, True, True, False, False]
-    words = confident_leader_words(m, st, ids, torch.tensor([1.0, 0.0]), vocab, confidence=0.95, min_score=2.0)
+    words = confident_leader_words(
+        m, st, ids, torch.tensor([1.0, 0.0]), vocab, confidence=0.95, min_score=2.0
+    )
     assert words == {"good": 1, "bad": 1}
 
 
@@ -179,11 +221,12 @@ def test_bad_model_input():
         prepare_dataset(["a b"], np.array([1, 0]))
 
 
-
 # ---------------------------------------------------------------- the two protocols (issue: faithful first)
 
 
-def _brute_force_logits(E, v, b, alpha, ids, lens, *, padding, mode, T=1e-3, depth=8, tie=1e-12):
+def _brute_force_logits(
+    E, v, b, alpha, ids, lens, *, padding, mode, T=1e-3, depth=8, tie=1e-12
+):
     """Independent reference, one review and one token at a time in NumPy float64, as the authors'
     ``hardmaxDynamics`` / ``CustomSelfAttention`` (A = I): every one of the n positions is a token;
     with masked padding only real tokens are keys and only they are pooled."""
@@ -213,7 +256,9 @@ def _pair(vocab=15, d=2, seed=0):
     """An authors' and a book model with the same weights (embedding, decoder, alpha)."""
     g = torch.Generator().manual_seed(seed)
     ma = HardmaxClassifier.for_protocol(get_protocol("authors"), vocab, d, generator=g)
-    mb = HardmaxClassifier.for_protocol(get_protocol("book"), vocab, d, generator=torch.Generator())
+    mb = HardmaxClassifier.for_protocol(
+        get_protocol("book"), vocab, d, generator=torch.Generator()
+    )
     with torch.no_grad():
         mb.embedding.weight.copy_(ma.embedding.weight)
         mb.decoder.load_state_dict(ma.decoder.state_dict())
@@ -235,18 +280,31 @@ def test_both_protocols_match_brute_force(mode):
     ma, mb = _pair()
     ids, lens = _batch()
     E = ma.embedding.weight.detach().double().numpy()
-    v, b = ma.decoder.weight.detach().double().numpy()[0], float(ma.decoder.bias.detach())
+    v, b = (
+        ma.decoder.weight.detach().double().numpy()[0],
+        float(ma.decoder.bias.detach()),
+    )
     a = float(ma.alpha.detach())
-    T = 0.05 if mode == "softmax" else 1e-3  # a temperature where softmax is not yet hardmax
+    T = (
+        0.05 if mode == "softmax" else 1e-3
+    )  # a temperature where softmax is not yet hardmax
     for model, padding in ((ma, "attended"), (mb, "masked")):
-        ref = _brute_force_logits(E, v, b, a, ids.numpy(), lens.numpy(), padding=padding, mode=mode, T=T)
-        got = model(ids, lens, mode=mode, temperature=T, dtype=torch.float64).detach().numpy()
+        ref = _brute_force_logits(
+            E, v, b, a, ids.numpy(), lens.numpy(), padding=padding, mode=mode, T=T
+        )
+        got = (
+            model(ids, lens, mode=mode, temperature=T, dtype=torch.float64)
+            .detach()
+            .numpy()
+        )
         tol = 1e-9
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
         assert np.array_equal(got > 0, ref > 0)
         # the trajectory's last layer, pooled as the protocol says, gives the same logit
         zK = model.tokens(ids, lens, mode=mode, temperature=T, dtype=torch.float64)
-        np.testing.assert_allclose(model.score(model.pool(zK, lens)).detach().numpy(), ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(
+            model.score(model.pool(zK, lens)).detach().numpy(), ref, rtol=tol, atol=tol
+        )
 
 
 def test_hardmax_path_agrees_with_lib_hardmax_layer():
@@ -265,7 +323,10 @@ def test_padding_differs_exactly_where_it_should():
     ma, mb = _pair()
     ids, lens = _batch()
     full = lens == ids.shape[1]  # the one review without padding
-    la, lb = ma(ids, lens, mode="hardmax", dtype=torch.float64), mb(ids, lens, mode="hardmax", dtype=torch.float64)
+    la, lb = (
+        ma(ids, lens, mode="hardmax", dtype=torch.float64),
+        mb(ids, lens, mode="hardmax", dtype=torch.float64),
+    )
     # without padding the two models are the same map
     assert torch.allclose(la[full], lb[full], atol=1e-12)
     assert (la[~full] - lb[~full]).abs().min() > 1e-6
@@ -280,9 +341,14 @@ def test_padding_differs_exactly_where_it_should():
     with torch.no_grad():
         ma.embedding.weight[0] += 3.0
         mb.embedding.weight[0] += 3.0
-    assert torch.allclose(mb(ids, lens, mode="hardmax", dtype=torch.float64), lb, atol=1e-12)
+    assert torch.allclose(
+        mb(ids, lens, mode="hardmax", dtype=torch.float64), lb, atol=1e-12
+    )
     la2 = ma(ids, lens, mode="hardmax", dtype=torch.float64)
-    assert torch.allclose(la2[full], la[full], atol=1e-12) and ((la2 - la)[~full].abs() > 1e-6).all()
+    assert (
+        torch.allclose(la2[full], la[full], atol=1e-12)
+        and ((la2 - la)[~full].abs() > 1e-6).all()
+    )
     # attended padding requires the pad index beyond lengths
     bad = ids.clone()
     bad[0, 5] = 3
@@ -297,26 +363,77 @@ def test_free_alpha_is_unconstrained():
     assert float(ma.alpha.detach()) == pytest.approx(-0.3)
     ids, lens = _batch()
     E = ma.embedding.weight.detach().double().numpy()
-    v, b = ma.decoder.weight.detach().double().numpy()[0], float(ma.decoder.bias.detach())
+    v, b = (
+        ma.decoder.weight.detach().double().numpy()[0],
+        float(ma.decoder.bias.detach()),
+    )
     a = float(ma.alpha.detach())  # -0.3 in float32
-    ref = _brute_force_logits(E, v, b, a, ids.numpy(), lens.numpy(), padding="attended", mode="hardmax")
-    np.testing.assert_allclose(ma(ids, lens, mode="hardmax", dtype=torch.float64).detach().numpy(), ref, rtol=1e-9, atol=1e-9)
+    ref = _brute_force_logits(
+        E, v, b, a, ids.numpy(), lens.numpy(), padding="attended", mode="hardmax"
+    )
+    np.testing.assert_allclose(
+        ma(ids, lens, mode="hardmax", dtype=torch.float64).detach().numpy(),
+        ref,
+        rtol=1e-9,
+        atol=1e-9,
+    )
 
 
 def test_protocol_presets_follow_the_authors_code():
     A, B = get_protocol("authors"), get_protocol("book")
-    assert (A.padding, A.alpha, A.init_std, A.lr, A.n, A.min_count, A.vocabulary, A.split, A.loss, A.evaluation) == (
-        "attended", "free", 1.0, 1e-3, 128, 1, "all", "head", "sigmoid-bce", "running-softmax")
-    assert (A.batch_size, A.clip, A.temperature, A.depth, A.test_fraction) == (64, 5.0, 1e-3, 8, 0.3)
-    assert set(A.differences(B)) == {"padding", "alpha", "init_std", "lr", "n", "min_count", "vocabulary",
-                                      "split", "loss", "evaluation"}
+    assert (
+        A.padding,
+        A.alpha,
+        A.init_std,
+        A.lr,
+        A.n,
+        A.min_count,
+        A.vocabulary,
+        A.split,
+        A.loss,
+        A.evaluation,
+    ) == (
+        "attended",
+        "free",
+        1.0,
+        1e-3,
+        128,
+        1,
+        "all",
+        "head",
+        "sigmoid-bce",
+        "running-softmax",
+    )
+    assert (A.batch_size, A.clip, A.temperature, A.depth, A.test_fraction) == (
+        64,
+        5.0,
+        1e-3,
+        8,
+        0.3,
+    )
+    assert set(A.differences(B)) == {
+        "padding",
+        "alpha",
+        "init_std",
+        "lr",
+        "n",
+        "min_count",
+        "vocabulary",
+        "split",
+        "loss",
+        "evaluation",
+    }
     C1 = get_protocol("authors", padding="masked")
-    assert A.differences(C1) == {"padding": ("attended", "masked")} and set(PROTOCOLS) == {"authors", "book"}
+    assert A.differences(C1) == {"padding": ("attended", "masked")} and set(
+        PROTOCOLS
+    ) == {"authors", "book"}
     with pytest.raises(ValueError, match="padding"):
         get_protocol("authors", padding="ignored")
     with pytest.raises(ValueError, match="protocol"):
         get_protocol("mine")
-    m = HardmaxClassifier.for_protocol(A, 10, 2, generator=torch.Generator().manual_seed(0))
+    m = HardmaxClassifier.for_protocol(
+        A, 10, 2, generator=torch.Generator().manual_seed(0)
+    )
     assert m.padding == "attended" and m.alpha_param == "free" and m.depth == 8
     assert isinstance(A, Protocol)
 
@@ -324,12 +441,21 @@ def test_protocol_presets_follow_the_authors_code():
 def test_head_split_and_all_word_vocabulary():
     tr, te = split_indices(10, test_fraction=0.3, method="head")
     assert tr.tolist() == list(range(7)) and te.tolist() == [7, 8, 9]
-    docs = [["good", "film"], ["bad", "film"], ["good"], ["rare", "bad"]] * 2 + [["unseen", "good"], ["bad"]]
+    docs = [["good", "film"], ["bad", "film"], ["good"], ["rare", "bad"]] * 2 + [
+        ["unseen", "good"],
+        ["bad"],
+    ]
     y = np.array([1, 0, 1, 0] * 2 + [1, 0])
     ds = prepare_dataset(docs, y, protocol=get_protocol("authors"), pretokenized=True)
-    assert "unseen" in ds.vocab.index and ds.train_ids.shape[1] == 128 and len(ds.test_y) == 3
+    assert (
+        "unseen" in ds.vocab.index
+        and ds.train_ids.shape[1] == 128
+        and len(ds.test_y) == 3
+    )
     assert ds.test_y.tolist() == [0.0, 1.0, 0.0]
-    ds2 = prepare_dataset(docs, y, n=5, min_count=1, split="head", vocabulary="train", pretokenized=True)
+    ds2 = prepare_dataset(
+        docs, y, n=5, min_count=1, split="head", vocabulary="train", pretokenized=True
+    )
     assert "unseen" not in ds2.vocab.index
     with pytest.raises(ValueError, match="method"):
         split_indices(10, method="tail")
@@ -344,28 +470,133 @@ def test_running_softmax_evaluation_is_a_mean_of_batch_accuracies():
     y = torch.randint(0, 2, (150,), generator=g).float()
     P = get_protocol("authors", batch_size=64)
     ev = evaluate(ma, ids, lens, y, protocol=P, seed=3)
-    hit = ((logits(ma, ids, lens, mode="softmax", temperature=P.temperature) > 0).float() == y).numpy()
+    hit = (
+        (logits(ma, ids, lens, mode="softmax", temperature=P.temperature) > 0).float()
+        == y
+    ).numpy()
     perm = torch.randperm(150, generator=torch.Generator().manual_seed(3)).numpy()
     manual = np.mean([hit[perm][s : s + 64].mean() for s in (0, 64, 128)])
-    assert ev["accuracy"] == pytest.approx(manual) and ev["accuracy"] != pytest.approx(hit.mean())
+    assert ev["accuracy"] == pytest.approx(manual) and ev["accuracy"] != pytest.approx(
+        hit.mean()
+    )
 
 
 def test_authors_protocol_trains_and_records_both_losses():
     lex = load_vader_lexicon()
-    docs, y, _ = synthetic_corpus(lex, n_docs=400, seed=0, n_sentiment_words=20, n_filler_words=40)
+    docs, y, _ = synthetic_corpus(
+        lex, n_docs=400, seed=0, n_sentiment_words=20, n_filler_words=40
+    )
     P = get_protocol("authors", n=24, lr=1e-2)
     ds = prepare_dataset(docs, y, protocol=P, pretokenized=True)
-    m = HardmaxClassifier.for_protocol(P, len(ds.vocab), 2, generator=torch.Generator().manual_seed(0))
+    m = HardmaxClassifier.for_protocol(
+        P, len(ds.vocab), 2, generator=torch.Generator().manual_seed(0)
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        h = train_classifier(m, ds.train_ids, ds.train_len, ds.train_y, epochs=4, protocol=P, seed=0,
-                             eval_data=(ds.test_ids, ds.test_len, ds.test_y), hardmax_loss=True)
+        h = train_classifier(
+            m,
+            ds.train_ids,
+            ds.train_len,
+            ds.train_y,
+            epochs=4,
+            protocol=P,
+            seed=0,
+            eval_data=(ds.test_ids, ds.test_len, ds.test_y),
+            hardmax_loss=True,
+        )
     finally:
         torch.set_num_threads(threads)
-    assert len(h.loss) == len(h.loss_hardmax) == len(h.test_acc) == len(h.train_acc) == len(h.alpha) == 4
+    assert (
+        len(h.loss)
+        == len(h.loss_hardmax)
+        == len(h.test_acc)
+        == len(h.train_acc)
+        == len(h.alpha)
+        == 4
+    )
     assert h.loss[-1] < h.loss[0] and abs(h.loss[0] - h.loss_hardmax[0]) < 0.05
     # the authors' loss: sigmoid then BCELoss
     out = m(ds.test_ids, ds.test_len)
     ref = torch.nn.BCELoss()(torch.sigmoid(out), ds.test_y)
-    assert torch.allclose(ref, torch.nn.functional.binary_cross_entropy_with_logits(out, ds.test_y), atol=1e-5)
+    assert torch.allclose(
+        ref,
+        torch.nn.functional.binary_cross_entropy_with_logits(out, ds.test_y),
+        atol=1e-5,
+    )
+
+
+def _parallel_jobs():
+    lex = load_vader_lexicon()
+    docs, y, _ = synthetic_corpus(
+        lex, n_docs=240, seed=0, n_sentiment_words=20, n_filler_words=40
+    )
+    A = get_protocol("authors", n=16, lr=1e-2)
+    B = get_protocol("book", min_count=1)
+    da = prepare_dataset(docs, y, protocol=A, pretokenized=True)
+    db = prepare_dataset(docs, y, protocol=B, pretokenized=True)
+    return [
+        (A, da, 2, 0, {"epochs": 1, "curves": True, "hardmax_loss": True}),
+        (A, da, 3, 1, {"epochs": 1, "train_accuracy": False}),
+        (B, db, 2, 2, {"epochs": 1, "curves": True}),
+    ]
+
+
+def test_train_runs_parallel_equals_sequential():
+    """Runs trained in 2 spawned worker processes are bitwise those of the in-process loop."""
+    jobs = _parallel_jobs()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers run one thread each
+    try:
+        seq = train_runs(jobs, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    par = train_runs(jobs, workers=2)
+    assert len(par) == len(seq) == len(jobs)
+    for job, a, b in zip(jobs, seq, par):
+        assert isinstance(b, Run) and (b.protocol, b.d, b.seed) == (
+            job[0],
+            job[2],
+            job[3],
+        )
+        for key in (
+            "test",
+            "test_balanced",
+            "test_softmax",
+            "test_protocol",
+            "loss_softmax",
+            "loss_hardmax",
+            "alpha",
+            "epochs",
+        ):
+            assert getattr(a, key) == getattr(b, key), key
+        assert math.isnan(a.train) == math.isnan(b.train)
+        assert math.isnan(a.train) or a.train == b.train
+        for key in ("loss", "loss_hardmax", "train_acc", "test_acc", "alpha"):
+            assert getattr(a.history, key) == getattr(b.history, key), key
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # the jobs differ, so the check above is not vacuous
+    assert seq[0].history.loss_hardmax and not seq[1].history.loss_hardmax
+    assert not torch.equal(seq[0].model.decoder.weight, seq[2].model.decoder.weight)
+
+
+def test_train_runs_bad_input():
+    (job,) = _parallel_jobs()[:1]
+    with pytest.raises(ValueError, match="empty"):
+        train_runs([], workers=1)
+    for w in (0, -2, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match="workers"):
+            train_runs([job], workers=w)
+    for bad in ([job[:4]], [(*job[:4], {})]):
+        with pytest.raises(ValueError, match="jobs"):
+            train_runs(bad, workers=1)
+    for bad in (
+        job,
+        [list(job)],
+        [(job[1], job[0], *job[2:])],
+        [(*job[:2], 2.0, *job[3:])],
+    ):
+        with pytest.raises(TypeError, match="jobs"):
+            train_runs(bad, workers=1)
