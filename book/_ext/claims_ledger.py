@@ -260,6 +260,34 @@ def _summary(app: Sphinx, docname: str, records) -> list[nodes.Node]:
             item += para
             lst += item
         out.append(lst)
+    out.extend(_scale_differences(app, docname, records))
+    return out
+
+
+def _scale_differences(app: Sphinx, docname: str, records) -> list[nodes.Node]:
+    """The paper claims whose recorded paper-scale outcome differs from this build's."""
+    from lib.provenance import paper_record
+
+    rows = []
+    for r in records:
+        rec = paper_record(r.chapter)
+        claim = (rec or {}).get("claims", {}).get(r.id)
+        if r.kind != "paper" or claim is None:
+            continue
+        paper = claim["outcome"] if claim["outcome"] != "FAIL" else f"FAIL (observed {observed_outcome(claim)})"
+        if paper != r.outcome:
+            rows.append((r, paper))
+    if not rows:
+        return [nodes.paragraph(text="No paper claim has a recorded paper-scale outcome that differs from this build's.")]
+    out: list[nodes.Node] = [nodes.paragraph(text="Paper claims whose recorded paper-scale outcome differs from this build's:")]
+    lst = nodes.bullet_list()
+    for r, paper in rows:
+        item = nodes.list_item()
+        para = _link(app, docname, r.anchor, r.id)
+        para += nodes.Text(f": {r.outcome} here, {paper} at paper scale.")
+        item += para
+        lst += item
+    out.append(lst)
     return out
 
 
