@@ -5,8 +5,8 @@
 
 Each chapter's jupytext source is executed cell by cell in a Jupyter kernel with
 ``BOOK_SCALE=paper``. Its claim records, the git commit, whether the tree was clean, the date, the
-device (CPU model and threads, or GPU), the torch version and the wall time per chapter and per
-section are written to ``results/paper/chapter-<N>.json``, which is committed. Sections that wrap
+device (CPU model and threads, or GPU), the torch threads of the chapter's kernel, the most worker
+processes it ran at once, the torch version and the wall time per chapter and per section are written to ``results/paper/chapter-<N>.json``, which is committed. Sections that wrap
 their work in :func:`lib.scale.cached` resume from ``_build/paper-cache/ch<N>/`` after an
 interruption; the cache is wiped when the chapter's sources change.
 """
@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,50 @@ def _device() -> dict:
         info["device"] = f"CPU: {model}, {os.cpu_count()} cores"
     info["threads"] = torch.get_num_threads()
     return info
+
+
+class ProcessPeak(threading.Thread):
+    """Count, every ``every`` seconds, the live processes below this one (the chapter's kernel and
+    the worker processes it starts); ``peak`` is the largest count seen. Needs psutil (installed
+    with Jupyter); without it ``peak`` stays ``None``."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.every, self.peak = every, None
+        self._stop_event = threading.Event()
+
+    def sample(self) -> int | None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        return len(psutil.Process().children(recursive=True))
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            n = self.sample()
+            if n is not None:
+                self.peak = n if self.peak is None else max(self.peak, n)
+            self._stop_event.wait(self.every)
+
+    def stop(self) -> int | None:
+        self._stop_event.set()
+        self.join()
+        return self.peak
+
+
+def _kernel_threads(client) -> int | None:
+    """Torch's thread count inside the chapter's kernel after the run (the chapter may set it).
+    The probe cell is appended to the client's notebook (nbclient stores outputs there)."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("import torch; print(torch.get_num_threads())")
+    client.nb.cells.append(cell)
+    try:
+        client.execute_cell(cell, len(client.nb.cells) - 1)
+        return int("".join(o.get("text", "") for o in cell.outputs).strip())
+    except Exception:  # noqa: BLE001 - provenance is best effort here
+        return None
 
 
 def _stamp(chapter: int) -> str:
@@ -94,6 +139,9 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
     section = "(start)"
     t0 = time.perf_counter()
     error = None
+    kernel_threads = None
+    peak = ProcessPeak()
+    peak.start()
     try:
         with client.setup_kernel():
             for i, cell in enumerate(nb.cells):
@@ -115,12 +163,14 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
                     errors.append({"section": section, "cell": i, "error": msg[-1][-500:] if msg else "?"})
                     print(f"[chapter {chapter}] cell {i} failed: {errors[-1]['error']}", flush=True)
                 sections[section] = sections.get(section, 0.0) + time.perf_counter() - t
+            kernel_threads = _kernel_threads(client)
     except Exception as e:  # noqa: BLE001 - the record says what broke
         error = f"{type(e).__name__}: {str(e)[-2000:]}"
         print(f"[chapter {chapter}] stopped: {error}", flush=True)
     if errors and error is None:
         error = f"{len(errors)} cell(s) failed; first: {errors[0]['error']}"
     wall = time.perf_counter() - t0
+    n_proc = peak.stop()
     for k, v in env_before.items():
         if v is None:
             os.environ.pop(k, None)
@@ -143,6 +193,9 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
             "error": error,
             "cell_errors": errors,
             **_device(),
+            "kernel_threads": kernel_threads,
+            # processes below the runner at once, less the kernel: the chapter's worker processes
+            "worker_processes": None if n_proc is None else max(0, n_proc - 1),
         },
         "claims": claims,
     }
