@@ -108,6 +108,12 @@ def multi_indices(d: int, degree: int) -> Tensor:
     return torch.from_numpy(np.concatenate(rows, axis=0))
 
 
+def _scale(scale: float | None, d: int) -> float:
+    r"""The dot-product scale :math:`s`: ``scale`` (checked positive) or, by default, the
+    Transformer's :math:`1/\sqrt d`."""
+    return 1.0 / math.sqrt(d) if scale is None else C.positive(scale, "scale")
+
+
 def taylor_features(x: Tensor, degree: int, *, scale: float | None = None) -> Tensor:
     r"""Truncated feature map of the exponentiated dot product.
 
@@ -134,7 +140,7 @@ def taylor_features(x: Tensor, degree: int, *, scale: float | None = None) -> Te
     x = C.float_tensor(x, "x", min_dim=2)
     d = x.shape[-1]
     taylor_feature_dim(d, degree)
-    s = 1.0 / math.sqrt(d) if scale is None else C.positive(scale, "scale")
+    s = _scale(scale, d)
     feats = [torch.ones(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)]
     # running monomials without coefficients, and the log of the coefficient sqrt(s^k / p!)
     mono = feats[0]
@@ -159,7 +165,7 @@ def truncated_exp_dot(q: Tensor, k: Tensor, degree: int, *, scale: float | None 
     q = C.float_tensor(q, "q", min_dim=2)
     k = C.float_tensor(k, "k", min_dim=2)
     taylor_feature_dim(q.shape[-1], degree)
-    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else C.positive(scale, "scale")
+    s = _scale(scale, q.shape[-1])
     u = s * (q @ k.transpose(-1, -2))
     out = torch.ones_like(u)
     term = torch.ones_like(u)
@@ -189,7 +195,7 @@ def taylor_remainder(q: Tensor, k: Tensor, degree: int, *, scale: float | None =
     taylor_feature_dim(q.shape[-1], degree)
     max_terms = C.positive_int(max_terms, "max_terms")
     rtol = C.positive(rtol, "rtol")
-    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else C.positive(scale, "scale")
+    s = _scale(scale, q.shape[-1])
     u = s * (q @ k.transpose(-1, -2))
     n0 = degree + 1
     with torch.no_grad():
@@ -266,7 +272,7 @@ def positive_random_features(x: Tensor, omega: Tensor, *, scale: float | None = 
     omega = C.float_tensor(omega, "omega", min_dim=2)
     if omega.dim() != 2 or omega.shape[1] != x.shape[-1]:
         raise ValueError(f"omega must have shape (D, {x.shape[-1]}), got {tuple(omega.shape)}")
-    s = 1.0 / math.sqrt(x.shape[-1]) if scale is None else C.positive(scale, "scale")
+    s = _scale(scale, x.shape[-1])
     xt = math.sqrt(s) * x
     om = omega.to(dtype=x.dtype, device=x.device)
     expo = xt @ om.T - 0.5 * (xt * xt).sum(-1, keepdim=True)
@@ -589,6 +595,7 @@ class QueryKeyKernelModel(nn.Module):
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
             raise ValueError(f"hidden must be an int >= 0, got {hidden!r}")
         depth = C.positive_int(depth, "depth")
+        self.d_t, self.d_s, self.hidden, self.depth, self.dtype = d_t, d_s, hidden, depth, dtype
 
         def make(d_in):
             if hidden == 0:
@@ -613,6 +620,32 @@ class QueryKeyKernelModel(nn.Module):
 
     def forward(self, t: Tensor, s: Tensor) -> Tensor:
         return self.log_kernel(t, s).exp()
+
+    def embed(self, d_big: int) -> QueryKeyKernelModel:
+        r"""This model as one of head dimension ``d_big`` :math:`\ge d` with the same logits.
+
+        Hidden layers are copied; the last layer of each map gets this model's rows scaled by
+        :math:`c = (d_\text{big}/d)^{1/4}` and zero rows below them, so that
+        :math:`c^2 q^\top k/\sqrt{d_\text{big}} = q^\top k/\sqrt d`: the models of head dimension
+        :math:`d` are nested in those of any larger one (chapter 4, check 4.4b). The new model is
+        built like any other (its layers draw their default initialisation from torch's global
+        generator) and then overwritten.
+        """
+        d_big = C.positive_int(d_big, "d_big")
+        if d_big < self.d:
+            raise ValueError(f"d_big must be >= d = {self.d}, got {d_big}")
+        big = QueryKeyKernelModel(self.d_t, self.d_s, d_big, hidden=self.hidden, depth=self.depth,
+                                  dtype=self.dtype)
+        c = (d_big / self.d) ** 0.25
+        with torch.no_grad():
+            for small_map, big_map in ((self.query, big.query), (self.key, big.key)):
+                for p_small, p_big in zip(small_map.parameters(), big_map.parameters()):
+                    if p_small.shape == p_big.shape:  # hidden layers: copied
+                        p_big.copy_(p_small)
+                    else:  # the last layer: rows copied and scaled, the others zero
+                        p_big.zero_()
+                        p_big[: self.d] = c * p_small
+        return big
 
 
 @dataclass

@@ -342,3 +342,40 @@ def test_property_rank_never_exceeds_the_feature_dimension(seed, n, degree):
     ranks = km.rank_curve(kern, q, k, list(range(1, n + 1)))
     assert all(r <= min(m, kern.feature_dim(2)) for m, r in zip(range(1, n + 1), ranks))
     assert ranks == sorted(ranks)  # adding points never lowers the rank of the leading block
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    d=st.integers(1, 6),
+    extra=st.integers(0, 10),
+    hidden=st.sampled_from([0, 5]),
+    depth=st.integers(1, 3),
+)
+def test_property_embedding_keeps_the_logits(seed, d, extra, hidden, depth):
+    """Invariant: a model of head dimension d, embedded into d + extra (zero rows, copied rows
+    scaled by ((d + extra)/d)^(1/4)), gives the same logits: the smaller models are nested."""
+    g = torch.Generator().manual_seed(seed)
+    small = km.QueryKeyKernelModel(2, 3, d, hidden=hidden, depth=depth, generator=g)
+    big = small.embed(d + extra)
+    assert big.d == d + extra and (big.d_t, big.d_s, big.hidden, big.depth) == (2, 3, hidden, depth)
+    t = torch.rand(7, 2, generator=g, dtype=torch.float64) * 2 - 1
+    s = torch.rand(5, 3, generator=g, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        diff = big.log_kernel(t, s) - small.log_kernel(t, s)
+    assert float(diff.abs().max()) <= 1e-13
+    rows = big.query[-1] if hidden else big.query
+    assert bool((rows.weight[d:] == 0).all() and (rows.bias[d:] == 0).all())
+
+
+def test_embedding_by_hand_and_bad_sizes():
+    """Linear maps: the embedded W_Q has the scaled rows of the small one over zero rows."""
+    small = km.QueryKeyKernelModel(2, 2, 2, generator=torch.Generator().manual_seed(3))
+    big = small.embed(8)
+    c = (8 / 2) ** 0.25
+    torch.testing.assert_close(big.query.weight[:2], c * small.query.weight, rtol=0, atol=0)
+    assert bool((big.key.weight[2:] == 0).all())
+    assert small.embed(2) is not small
+    with pytest.raises(ValueError, match="d_big must be >= d"):
+        small.embed(1)
+    with pytest.raises(ValueError):
+        small.embed(0)
