@@ -59,7 +59,8 @@ def _device() -> dict:
 
 class ProcessPeak(threading.Thread):
     """Count, every ``every`` seconds, the live processes below this one (the chapter's kernel and
-    the worker processes it starts); ``peak`` is the largest count seen. Needs psutil (installed
+    the worker processes it starts, not multiprocessing's resource tracker); ``peak`` is the
+    largest count seen. Needs psutil (installed
     with Jupyter); without it ``peak`` stays ``None``."""
 
     def __init__(self, every: float = 1.0) -> None:
@@ -72,7 +73,14 @@ class ProcessPeak(threading.Thread):
             import psutil
         except ImportError:
             return None
-        return len(psutil.Process().children(recursive=True))
+        n = 0
+        for child in psutil.Process().children(recursive=True):
+            try:  # multiprocessing's resource tracker is a helper, not a worker
+                if "resource_tracker" not in " ".join(child.cmdline()):
+                    n += 1
+            except psutil.Error:  # gone between listing and reading
+                pass
+        return n
 
     def run(self) -> None:
         while not self._stop_event.is_set():
