@@ -3,7 +3,9 @@
 #   make test   install what is needed, then run the lib unit tests and every chapter (nbmake)
 # More:
 #   make browser-test   open every page of the built book in headless Chromium (after make book)
-#   make paper [CHAPTER=N]   run the papers' own sizes (tools/paper_run.py)
+#   make paper [CHAPTER=N]   run the papers' own sizes (python -m repro paper)
+#   make ledger-diff A=dir B=dir   records whose outcome or statistic differs between two claims folders
+#   make noise-floor   run every chapter under other BLAS / vector-instruction code paths and diff
 # BOOK_SCALE=paper selects the papers' own sizes (GPU when torch sees one); default: ci.
 # A GPU user installs a CUDA torch first, e.g. `make install TORCH="torch --index-url <CUDA wheel index>"`.
 
@@ -60,7 +62,7 @@ for path in sys.argv[2:]:
 endef
 export REUSE_EXECUTED
 
-.PHONY: book test install bench clean browser-test paper
+.PHONY: book test install bench clean browser-test paper ledger-diff noise-floor
 
 book: $(STAMP)
 	rm -rf $(NBCACHE) && mkdir -p $(NBCACHE)
@@ -87,7 +89,25 @@ browser-test: $(STAMP)
 	BOOK_BROWSER_TEST=1 $(BIN)/python -m pytest -p no:xdist tests/browser -v
 
 paper: $(STAMP)
-	$(BIN)/python tools/paper_run.py $(if $(CHAPTER),--chapter $(CHAPTER),)
+	$(BIN)/python -m repro paper $(if $(CHAPTER),--chapter $(CHAPTER),)
+
+ledger-diff: $(STAMP)
+	$(BIN)/python -m repro diff $(A) $(B)
+
+# The cross-machine noise floor, produced on one machine: MKL's conditional numerical
+# reproducibility branches and torch's CPU capability levels change the code path of every BLAS
+# call and vectorised kernel, as another CPU would. Each variant executes every chapter at CI
+# scale into _build/noise/<variant>/ and is compared with the default build.
+NOISE_VARIANTS ?= default MKL_CBWR=COMPATIBLE MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=default
+noise-floor: $(STAMP)
+	@for v in $(NOISE_VARIANTS); do \
+	  name=$$(echo $$v | tr '=' '-'); out=_build/noise/$$name; rm -rf $$out; mkdir -p $$out; \
+	  echo "== $$v -> $$out"; \
+	  if [ $$v = default ]; then env BOOK_CLAIMS_DIR=$$PWD/$$out $(BIN)/python -m pytest -n $(JOBS) --dist loadfile chapters -q || true; \
+	  else env $$v BOOK_CLAIMS_DIR=$$PWD/$$out $(BIN)/python -m pytest -n $(JOBS) --dist loadfile chapters -q || true; fi; \
+	done
+	@for v in $(NOISE_VARIANTS); do [ $$v = default ] || { name=$$(echo $$v | tr '=' '-'); \
+	  echo "== ledger-diff default vs $$v"; $(BIN)/python -m repro diff _build/noise/default _build/noise/$$name || true; }; done
 
 install: $(STAMP)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lib.attention import softmax_attention
 from lib.kernels import ExpDot, kernel_attention
-from lib.timing import time_ms as timeit
+from repro.timing import time_ms as timeit
 
 
 def plain(q, k, v, beta):

@@ -13,7 +13,7 @@ import torch
 
 from lib.hardmax import hardmax_layer, padding_mask, run_dynamics, softmax_layer
 from lib.sentiment import HardmaxClassifier
-from lib.timing import time_ms as timeit
+from repro.timing import time_ms as timeit
 
 
 def epoch_time(dev: str, n_docs: int, n: int, d: int, vocab: int = 8000, batches: int = 20) -> float:

@@ -2,9 +2,9 @@
 
 The book's chapters import everything numerical from here: attention and its variants
 (:mod:`lib.attention`), kernels (:mod:`lib.kernels`), normalisations (:mod:`lib.norms`), the
-log-normalizer of the softmax family (:mod:`lib.lognormalizer`), the scale switch
-(:mod:`lib.scale`) and the claims mechanism (:mod:`lib.claims`). Chapter-specific models live in
-their own modules. Nothing runs at import time.
+log-normalizer of the softmax family (:mod:`lib.lognormalizer`). Chapter-specific models live in
+their own modules. The machinery that turns numbers into verdicts (claims, rules, ledger, scale
+switch, provenance) is the separate package :mod:`repro`. Nothing runs at import time.
 """
 
 __all__ = ["__version__"]

@@ -884,7 +884,7 @@ def train_mlm(model: nn.Module, s_train: Tensor, s_val: Tensor, *, generator: to
     best_step, bad, history = 0, 0, [(0, best)]
     bar = None
     if desc is not None:
-        from .progress import progress
+        from repro.progress import progress
 
         bar = progress(range(max_steps), desc=desc)
         it = iter(bar)

@@ -1,6 +1,6 @@
 """Sphinx extension: the claims ledger, rendered from the records the chapters wrote.
 
-Chapters check claims with :func:`lib.claims.check`, which writes
+Chapters check claims with :func:`repro.claims.check`, which writes
 ``<claims dir>/chapter-N.json`` while the chapter executes during the book build. Two directives
 leave placeholders that are filled once every page has been read (and so every chapter executed):
 
@@ -33,8 +33,8 @@ from sphinx.util.docutils import SphinxDirective
 logger = logging.getLogger(__name__)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in kernel tracebacks
 
-_COLUMNS = ("claim", "kind", "statement (the paper says)", "measured (CI scale)", "bound (source)",
-            "negative control", "outcome", "paper scale")
+_COLUMNS = ("claim", "where tested", "statement (the paper says)", "measured (this build)", "bound (source)",
+            "controls", "outcome", "paper scale")
 _WIDTHS = (5, 5, 30, 14, 10, 14, 12, 14)
 
 
@@ -117,86 +117,73 @@ def _link(app: Sphinx, fromdoc: str, anchor: str, text: str) -> nodes.paragraph:
 
 
 def _records():
-    from lib.claims import ClaimResult, load_ledger
+    from repro.ledger import judged
+    from repro.records import load_ledger
 
     out = []
-    for rec in load_ledger():
-        try:
-            out.append(ClaimResult(**rec))
-        except TypeError:  # a record written by an older version of lib.claims
-            continue
+    for r in judged(load_ledger()):
+        out.append(r)
     return out
 
 
 def _outcome_cell(r, stale: bool) -> str:
-    text = r.outcome if r.outcome != "FAIL" else "FAIL"
-    if r.reason:
-        text += f": {r.reason}"
+    text = r.outcome_text.replace("**", "")
+    if r.outcome == "FAIL":
+        text += f" ({r.verdict.why})"
+    reason = r.record.get("reason")
+    if reason:
+        text += f": {reason}"
+    if r.outcome == "not tested" and r.record.get("how"):
+        text += f" To test it: {r.record['how']}"
     if stale:
         text += " (stale: not re-executed in this build)"
     return text
 
 
-def observed_outcome(claim: dict) -> str:
-    """What a recorded paper claim shows, whatever was declared: ``reproduced``, ``partly`` or
-    ``not reproduced`` (with ``inconclusive`` when its control does not fail the bound).
-
-    A record whose declared outcome did not hold is stored as ``FAIL`` with its numbers; the ledger
-    reads the outcome those numbers show with the rule :func:`lib.claims.check` applies.
-    """
-    from lib.claims import _holds
-
-    rel, exp, tol = claim["relation"], claim["expected"], claim.get("tol")
-    if claim.get("kind") != "paper":
-        return "does not hold" if not _holds(claim["measured"], rel, exp, tol) else "holds"
-    seeds = claim.get("seeds") or []
-    weaker = claim.get("weaker")
-    if _holds(claim["measured"], rel, exp, tol):
-        out = "reproduced"
-    elif (len(seeds) > 1 and any(_holds(v, rel, exp, tol) for v in seeds)) or (
-        weaker is not None and _holds(claim["measured"], weaker[0], weaker[1], None)
-    ):
-        out = "partly"
-    else:
-        out = "not reproduced"
-    if (claim.get("control") or {}).get("holds"):
-        out += ", inconclusive: its control does not fail the bound"
-    return out
+_WHERE = {
+    "paper": "paper's setting",
+    "beyond": "book's setting",
+    "untested": "not tested in the paper's setting",
+    "book": "book check",
+}
 
 
-def _paper_cell(chapter: int, cid: str) -> str:
-    """The paper-scale column: the recorded outcome, and for a FAIL what the numbers show."""
-    from lib.provenance import paper_outcome_text, paper_record
-
-    text = paper_outcome_text(chapter, cid)
-    rec = paper_record(chapter)
-    claim = (rec or {}).get("claims", {}).get(cid)
-    if claim is not None and claim.get("outcome") == "FAIL":
-        if claim.get("kind") == "paper":
-            why = f"the declared outcome did not hold; observed {observed_outcome(claim)}"
-        else:
-            why = "the book check does not hold at this scale"
-        text = f"FAIL: {why}. " + text[4:].strip()
+def _where_cell(r) -> str:
+    text = _WHERE[r.group]
+    devs = r.record.get("deviations") or []
+    if devs:
+        text += " (differs: " + "; ".join(devs) + ")"
     return text
 
 
+def _paper_cell(chapter: int, cid: str) -> str:
+    from repro.provenance import paper_outcome_text
+
+    return paper_outcome_text(chapter, cid)
+
+
 def _statement_cell(r) -> str:
-    text = r.statement
-    if r.kind == "paper" and r.paper_says and r.paper_says != r.statement:
-        text += f" — the paper says: {r.paper_says}"
-    return text + f" [{r.ref}]"
+    rec = r.record
+    text = rec["statement"]
+    if rec["kind"] == "paper" and rec.get("paper_says") and rec["paper_says"] != rec["statement"]:
+        text += f" — the paper says: {rec['paper_says']}"
+    if rec.get("paper_reports"):
+        text += f" — the paper reports: {rec['paper_reports']}"
+    if rec.get("fails_if"):
+        text += f" — fails if: {rec['fails_if']}"
+    return text + f" [{rec['ref']}]"
 
 
 def _chapter_table(app: Sphinx, docname: str, chapter: int, records, started: float) -> list[nodes.Node]:
-    from lib.claims import _count
-    from lib.provenance import is_stale, paper_record
+    from repro.claims import counts
+    from repro.provenance import is_stale, paper_record
 
-    recs = [r for r in records if r.chapter == chapter]
+    recs = [r for r in records if r.record["chapter"] == chapter]
     out: list[nodes.Node] = []
     if not recs:
         out.append(nodes.paragraph(text="No record of this chapter was written in this build."))
         return out
-    counts = _count(recs)
+    cnt = counts(recs)
     prec = paper_record(chapter)
     if prec is None:
         paper_line = "No paper-scale run is recorded for this chapter."
@@ -211,21 +198,22 @@ def _chapter_table(app: Sphinx, docname: str, chapter: int, records, started: fl
             + "."
         )
     para = nodes.paragraph()
-    para += nodes.Text(f"This build ({', '.join(sorted({r.scale for r in recs}))} scale): {counts['text']}. {paper_line} ")
+    para += nodes.Text(f"This build ({', '.join(sorted({r.record['scale'] for r in recs}))} scale): {cnt['text']}. {paper_line} ")
     para += nodes.Text("Each claim id links to the place in ")
     para += _ref(app, docname, f"ch-{_CHAPTER_LABELS.get(chapter, '')}", f"chapter {chapter}")
     para += nodes.Text(" where it is checked.")
     out.append(para)
+    order = {"paper": 0, "untested": 1, "beyond": 2, "book": 3}
     rows = []
-    for r in recs:
+    for r in sorted(recs, key=lambda r: order[r.group]):
         rows.append([
             _link(app, docname, r.anchor, r.id),
-            r.kind,
+            _where_cell(r),
             _statement_cell(r),
             r.measured_text,
-            f"{r.expected_text} ({r.bound_source})",
+            "–" if r.outcome == "not tested" else f"{r.expected_text} ({r.record['bound_source']})",
             r.control_text,
-            _outcome_cell(r, r.time < started),
+            _outcome_cell(r, r.record["time"] < started),
             _paper_cell(chapter, r.id),
         ])
     out.append(_table(rows))
@@ -235,60 +223,79 @@ def _chapter_table(app: Sphinx, docname: str, chapter: int, records, started: fl
 _CHAPTER_LABELS = {1: "probabilistic", 2: "potts", 3: "pde", 4: "kernel-machines", 5: "hardmax", 6: "lenses"}
 
 
-def _summary(app: Sphinx, docname: str, records) -> list[nodes.Node]:
-    from lib.claims import _count
+def _bullets(app: Sphinx, docname: str, title: str, items) -> list[nodes.Node]:
+    """A titled bullet list of records, each linked to where its chapter checks it."""
+    if not items:
+        return []
+    out: list[nodes.Node] = [nodes.paragraph(text=title)]
+    lst = nodes.bullet_list()
+    for r, text in items:
+        item = nodes.list_item()
+        para = _link(app, docname, r.anchor, r.id)
+        para += nodes.Text(" " + text)
+        item += para
+        lst += item
+    out.append(lst)
+    return out
 
-    total = _count(records)
+
+def _summary(app: Sphinx, docname: str, records) -> list[nodes.Node]:
+    from repro.claims import counts
+
+    total = counts(records)
     out: list[nodes.Node] = [nodes.paragraph(text=f"The whole book, this build: {total['text']}.")]
     items = nodes.bullet_list()
-    for ch in sorted({r.chapter for r in records}):
-        c = _count([r for r in records if r.chapter == ch])
+    for ch in sorted({r.record["chapter"] for r in records}):
+        c = counts([r for r in records if r.record["chapter"] == ch])
         item = nodes.list_item()
         para = _link(app, docname, f"ledger-chapter-{ch}", f"Chapter {ch}")
         para += nodes.Text(f": {c['text']}.")
         item += para
         items += item
     out.append(items)
-    not_rep = [r for r in records if r.kind == "paper" and r.outcome in ("not reproduced", "partly")]
-    if not_rep:
-        out.append(nodes.paragraph(text="Paper claims that did not fully reproduce:"))
-        lst = nodes.bullet_list()
-        for r in not_rep:
-            item = nodes.list_item()
-            para = _link(app, docname, r.anchor, r.id)
-            para += nodes.Text(f" ({r.outcome}): {r.paper_says or r.statement}" + (f" — {r.reason}" if r.reason else ""))
-            item += para
-            lst += item
-        out.append(lst)
+
+    def said(r):
+        rec = r.record
+        text = f"({r.outcome_text.replace('**', '')}): {rec.get('paper_says') or rec['statement']}"
+        return text + (f" — {rec['reason']}" if rec.get("reason") else "")
+
+    out += _bullets(app, docname, "In the papers' settings, paper claims that did not fully reproduce "
+                    "(each with a positive control showing the test can see the effect, or marked inconclusive):",
+                    [(r, said(r)) for r in records if r.group == "paper"
+                     and r.outcome in ("partly", "not reproduced", "inconclusive")])
+    out += _bullets(app, docname, "Not tested in the papers' settings (why, and what the paper reports):",
+                    [(r, f"{r.record['paper_says']} — {r.record['reason']}; the paper reports "
+                      f"{r.record['paper_reports']}") for r in records if r.group == "untested"])
+    out += _bullets(app, docname, "Beyond the papers' settings: statements tested in the book's setting "
+                    "that do not fully hold there (findings about that setting, not verdicts on the papers):",
+                    [(r, said(r)) for r in records if r.group == "beyond"
+                     and r.outcome not in ("holds", "borderline")])
+    out += _bullets(app, docname, "Borderline: statistics within their noise band of the bound, "
+                    "which another machine may put on either side:",
+                    [(r, f"{r.measured_text} against {r.expected_text}: {' or '.join(r.verdict.possible)}")
+                     for r in records if r.outcome == "borderline"])
     out.extend(_scale_differences(app, docname, records))
     return out
 
 
 def _scale_differences(app: Sphinx, docname: str, records) -> list[nodes.Node]:
     """The paper claims whose recorded paper-scale outcome differs from this build's."""
-    from lib.provenance import paper_record
+    from repro.provenance import paper_claim
 
     rows = []
     for r in records:
-        rec = paper_record(r.chapter)
-        claim = (rec or {}).get("claims", {}).get(r.id)
-        if r.kind != "paper" or claim is None:
+        if r.record["kind"] != "paper":
             continue
-        paper = claim["outcome"] if claim["outcome"] != "FAIL" else f"FAIL (observed {observed_outcome(claim)})"
-        if paper != r.outcome:
-            rows.append((r, paper))
+        p = paper_claim(r.record["chapter"], r.id)
+        if p is None:
+            continue
+        paper = p.outcome_text.replace("**", "")
+        if paper != r.outcome_text.replace("**", ""):
+            rows.append((r, f"{r.outcome_text.replace('**', '')} here, {paper} at paper scale."))
     if not rows:
         return [nodes.paragraph(text="No paper claim has a recorded paper-scale outcome that differs from this build's.")]
-    out: list[nodes.Node] = [nodes.paragraph(text="Paper claims whose recorded paper-scale outcome differs from this build's:")]
-    lst = nodes.bullet_list()
-    for r, paper in rows:
-        item = nodes.list_item()
-        para = _link(app, docname, r.anchor, r.id)
-        para += nodes.Text(f": {r.outcome} here, {paper} at paper scale.")
-        item += para
-        lst += item
-    out.append(lst)
-    return out
+    return _bullets(app, docname, "Paper claims whose recorded paper-scale outcome differs from this build's "
+                    "(judged by the current rules):", rows)
 
 
 def _render(app: Sphinx, doctree: nodes.document, docname: str) -> None:
@@ -310,7 +317,7 @@ def _render(app: Sphinx, doctree: nodes.document, docname: str) -> None:
             ph.replace_self(_chapter_table(app, docname, chapter, records, started))
         else:
             content: list[nodes.Node] = []
-            for ch in sorted({r.chapter for r in records}):
+            for ch in sorted({r.record["chapter"] for r in records}):
                 content.append(nodes.rubric(text=f"Chapter {ch}"))
                 content.extend(_chapter_table(app, docname, ch, records, started))
             ph.replace_self(content)

@@ -10,7 +10,7 @@ Every chapter runs at one of two scales, chosen by the environment variable ``BO
 Claims are asserted at both scales. Chapters read the scale through :func:`scale` and choose sizes
 with :func:`pick`::
 
-    from lib.scale import pick, device
+    from repro.scale import pick, device
     n_samples = pick(ci=2_000, paper=30_000)
 """
 
@@ -67,7 +67,7 @@ def describe() -> str:
 def cache_dir() -> Path | None:
     """Folder of the resumable paper-scale cache, or ``None`` when caching is off.
 
-    Caching is on at paper scale only: ``$BOOK_PAPER_CACHE`` when set (``tools/paper_run.py``
+    Caching is on at paper scale only: ``$BOOK_PAPER_CACHE`` when set (``python -m repro paper``
     sets it per chapter and wipes it when the chapter's sources change), else
     ``<repository>/_build/paper-cache``.
     """
@@ -91,6 +91,7 @@ def cached(name: str, fn: Callable[[], T]) -> T:
         return fn()
     path = d / f"{name}.pt"
     if path.exists():
+        print(f"[paper cache] reusing finished section {name!r} from {path}", flush=True)
         return torch.load(path, weights_only=False)
     out = fn()
     d.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,17 @@
 """Run chapters at the papers' scale and record their claims with provenance.
 
-    python tools/paper_run.py                 # every chapter
-    python tools/paper_run.py --chapter 3     # one chapter (also: make paper CHAPTER=3)
+    python -m repro paper                 # every chapter
+    python -m repro paper --chapter 3     # one chapter (also: make paper CHAPTER=3)
 
 Each chapter's jupytext source is executed cell by cell in a Jupyter kernel with
 ``BOOK_SCALE=paper``. Its claim records, the git commit, whether the tree was clean, the date, the
 device (CPU model and threads, or GPU), the torch threads of the chapter's kernel, the most worker
 processes it ran at once, the torch version and the wall time per chapter and per section are written to ``results/paper/chapter-<N>.json``, which is committed. Sections that wrap
-their work in :func:`lib.scale.cached` resume from ``_build/paper-cache/ch<N>/`` after an
-interruption; the cache is wiped when the chapter's sources change.
+their work in :func:`repro.scale.cached` resume from the paper cache (``$BOOK_PAPER_CACHE_ROOT``,
+default ``_build/paper-cache``; ``ch<N>/`` per chapter) after an interruption, and the run lists the
+sections it reused; the cache is wiped when the chapter's fingerprint changes. The record carries
+the fingerprint (:func:`repro.provenance.fingerprint`) and the environment
+(:func:`repro.records.environment`: CPU model, torch's CPU capability, torch and numpy versions).
 """
 
 from __future__ import annotations
@@ -21,16 +24,13 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lib.provenance import chapter_source, chapter_sources
+from .provenance import ROOT, chapter_source, chapter_sources, fingerprint
+from .records import environment
 
 
 def _git(*args: str) -> str:
@@ -110,11 +110,14 @@ def _kernel_threads(client) -> int | None:
 
 
 def _stamp(chapter: int) -> str:
-    h = hashlib.sha256()
-    for rel in chapter_sources(chapter):
-        h.update(rel.encode())
-        h.update((ROOT / rel).read_bytes())
-    return h.hexdigest()
+    return hashlib.sha256(json.dumps(fingerprint(chapter), sort_keys=True).encode()).hexdigest()
+
+
+def cache_root() -> Path:
+    """Where resumable paper-scale sections are kept: ``$BOOK_PAPER_CACHE_ROOT`` or
+    ``<repository>/_build/paper-cache`` (one folder per chapter)."""
+    env = os.environ.get("BOOK_PAPER_CACHE_ROOT")
+    return Path(env) if env else ROOT / "_build" / "paper-cache"
 
 
 def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
@@ -123,13 +126,16 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
     from nbclient.exceptions import CellExecutionError
 
     src = chapter_source(chapter)
-    cache = ROOT / "_build" / "paper-cache" / f"ch{chapter}"
+    cache = cache_root() / f"ch{chapter}"
     stamp = _stamp(chapter)
     stamp_file = cache / "STAMP"
     if cache.exists() and (not stamp_file.exists() or stamp_file.read_text() != stamp):
         shutil.rmtree(cache)
     cache.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(stamp)
+    reused = sorted(p.stem for p in cache.glob("*.pt"))
+    if reused:
+        print(f"[chapter {chapter}] resuming: {len(reused)} finished section(s) in {cache}: {', '.join(reused)}", flush=True)
 
     claims_tmp = Path(tempfile.mkdtemp(prefix=f"paper-claims-{chapter}-"))
     keys = ("BOOK_SCALE", "BOOK_CLAIMS_DIR", "BOOK_PAPER_CACHE", "PYTHONPATH")
@@ -197,6 +203,9 @@ def run_chapter(chapter: int, out_dir: Path, timeout: float | None) -> dict:
             "wall_s": round(wall, 1),
             "sections_s": {k: round(v, 1) for k, v in sections.items()},
             "sources": chapter_sources(chapter),
+            "fingerprint": fingerprint(chapter),
+            "environment": environment(),
+            "reused_sections": reused,
             "completed": error is None,
             "error": error,
             "cell_errors": errors,
@@ -219,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "paper", help="where the records go")
     ap.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (default: none)")
     args = ap.parse_args(argv)
-    chapters = args.chapter or sorted(int(p.name[2]) for p in (ROOT / "chapters").glob("ch[0-9]_*.md"))
+    from .ledger import book_chapters
+
+    chapters = args.chapter or book_chapters()
     failed = [c for c in chapters if run_chapter(c, args.out, args.timeout)["provenance"]["error"]]
     return 1 if failed else 0
 
