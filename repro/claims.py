@@ -59,7 +59,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import rules
@@ -118,7 +117,7 @@ def control(description: str, measured: Any) -> Control:
 
 def fmt(x: Any, digits: int = 4) -> str:
     """A number as short text: ``digits`` significant digits, scientific outside [1e-3, 1e4)."""
-    if isinstance(x, bool) or isinstance(x, int):
+    if isinstance(x, (bool, int)):
         return str(x)
     if isinstance(x, float):
         if x == 0.0:

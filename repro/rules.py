@@ -148,10 +148,15 @@ def band(noise: float | None, expected: Any, value: float) -> float:
     return max(float(noise or 0.0), ROUNDOFF_REL * scale)
 
 
-def _sides(m: float, b: float) -> tuple[bool, ...]:
-    """The sides (holds?) a quantity with margin ``m`` and band ``b`` can take."""
+def _sides(m: float, b: float, noise: float | None = None) -> tuple[bool, ...]:
+    """The sides (holds?) a quantity with margin ``m`` and band ``b`` can take.
+
+    A value exactly on its bound holds when the record declares no noise (integer counts and
+    exact identities land there); any other value within the band may fall on either side."""
     if math.isnan(m):
         return (False,)
+    if m == 0 and not noise:
+        return (True,)
     if abs(m) <= b:
         return (True, False)
     return (m > 0,)
@@ -194,7 +199,7 @@ def judge(rec: Mapping[str, Any]) -> Verdict:
     m = reduce(vals, stat, rel, exp)
     b = band(rec.get("noise"), exp, m)
     mg = margin(m, rel, exp, tol)
-    main = _sides(mg, b)
+    main = _sides(mg, b, rec.get("noise"))
     if kind == "book":
         if len(main) == 2:
             return Verdict(m, "borderline", ["pass", "FAIL"], True, band=b, margin=mg)
@@ -207,7 +212,7 @@ def judge(rec: Mapping[str, Any]) -> Verdict:
     # seeds that could hold (for "partly"): any seed clearly holding, or borderline
     seed_sides: tuple[bool, ...] = (False,)
     if len(vals) > 1:
-        states = [_sides(margin(v, rel, exp, tol), band(rec.get("noise"), exp, v)) for v in vals]
+        states = [_sides(margin(v, rel, exp, tol), band(rec.get("noise"), exp, v), rec.get("noise")) for v in vals]
         if any(s == (True,) for s in states):
             seed_sides = (True,)
         elif any(len(s) == 2 for s in states):
@@ -215,7 +220,7 @@ def judge(rec: Mapping[str, Any]) -> Verdict:
     weaker = rec.get("weaker")
     weak_sides: tuple[bool, ...] = (False,)
     if weaker:
-        weak_sides = _sides(margin(m, weaker[0], weaker[1]), band(rec.get("noise"), weaker[1], m))
+        weak_sides = _sides(margin(m, weaker[0], weaker[1]), band(rec.get("noise"), weaker[1], m), rec.get("noise"))
 
     ctrl = rec.get("control")
     c_info = None
@@ -223,9 +228,9 @@ def judge(rec: Mapping[str, Any]) -> Verdict:
     if ctrl:
         cm = reduce(ctrl["seeds"], stat, rel, exp, mirror=True)
         cmg = margin(cm, rel, exp, tol)
-        c_sides = _sides(cmg, band(rec.get("noise"), exp, cm))
+        c_sides = _sides(cmg, band(rec.get("noise"), exp, cm), rec.get("noise"))
         if weaker:
-            wsides = _sides(margin(cm, weaker[0], weaker[1]), band(rec.get("noise"), weaker[1], cm))
+            wsides = _sides(margin(cm, weaker[0], weaker[1]), band(rec.get("noise"), weaker[1], cm), rec.get("noise"))
             c_sides = tuple(sorted({a or w for a in c_sides for w in wsides}, reverse=True))
         c_info = {"measured": cm, "margin": cmg, "state": _side_state(c_sides)}
     pos = rec.get("positive")
@@ -234,7 +239,7 @@ def judge(rec: Mapping[str, Any]) -> Verdict:
     if pos:
         pm = reduce(pos["seeds"], stat, rel, exp)
         pmg = margin(pm, rel, exp, tol)
-        p_sides = _sides(pmg, band(rec.get("noise"), exp, pm))
+        p_sides = _sides(pmg, band(rec.get("noise"), exp, pm), rec.get("noise"))
         p_info = {"measured": pm, "margin": pmg, "state": _side_state(p_sides)}
 
     possible: list[str] = []

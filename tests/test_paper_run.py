@@ -5,13 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-import paper_run  # noqa: E402
+from repro import paper as paper_run
 
 
 def test_process_peak_counts_children_and_stops():
