@@ -36,7 +36,9 @@ Records keep the raw per-seed numbers and are written to ``$BOOK_CLAIMS_DIR/chap
 page and ``python -m repro check`` judge them again by the current rules when they read them.
 
 Claim ids are ``"N.k"`` (``"N.kb"`` for a part); the chapter marks where a claim is checked with a
-MyST target ``(claim-N-k)=``. An id may be checked once per chapter run.
+MyST target ``(claim-N-k)=``. An id names one claim per chapter run: checking another statement
+under an id already used raises (running the same check again, as a reader re-executing a cell
+does, replaces its record).
 
 Relations: ``"<="``, ``">="`` (the bound is ``expected``), ``"=="`` (``|m - e| <= tol``),
 ``"rel=="`` (``|m - e| <= tol |e|``), ``"in"`` (``expected=(lo, hi)``).
@@ -347,8 +349,12 @@ def _bound(relation: str, expected: Any, tol: Any) -> tuple[Any, float | None]:
 def _emit(res: ClaimResult, record: bool, quiet: bool) -> ClaimResult:
     rec, v = res.record, res.verdict
     cid = rec["id"]
-    if cid in _RESULTS and _RESULTS[cid].record["chapter"] == rec["chapter"] and record:
-        raise ValueError(f"claim {cid} was already checked in this chapter run: ids are unique")
+    prev = _RESULTS.get(cid)
+    if record and prev is not None and (prev.record["statement"], prev.record["ref"]) != (rec["statement"], rec["ref"]):
+        # the same check run again (a reader re-executing a cell) replaces its record; another
+        # claim under an id already used is an error
+        raise ValueError(f"claim {cid} was already checked in this chapter run ({prev.record['statement']!r}): "
+                         "ids are unique")
     validate_schema(rec)
     if record:
         _RESULTS[cid] = res

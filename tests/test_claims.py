@@ -119,10 +119,13 @@ def test_loopholes_closed():
         _paper("6.3", [0.1, 0.2, 0.3], setting=None, record=False)
     with pytest.raises(ValueError, match="deviations"):
         _paper("6.3", [0.1, 0.2, 0.3], setting="book", record=False)
-    # a duplicate id in one chapter run is an error
+    # a duplicate id in one chapter run is an error; the same check run again replaces its record
     _paper("6.4", [0.1, 0.2, 0.3])
+    _paper("6.4", [0.1, 0.2, 0.25])
+    assert claims.results(6)[-1].seeds == [0.1, 0.2, 0.25]
     with pytest.raises(ValueError, match="already checked"):
-        _paper("6.4", [0.1, 0.2, 0.3])
+        check("6.4", "another claim", seeds=[0.1, 0.2, 0.3], ref="r", relation="<=", expected=0.5,
+              setting="paper", control=C3, quiet=True)
 
 
 def test_noise_band_makes_borderline_never_a_failure():
