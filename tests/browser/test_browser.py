@@ -14,6 +14,11 @@ asserts that
 - on a chapter page, equations, figures and theorems are numbered in that chapter: (3.4),
   "Figure 3.1", "Proposition 3.2";
 - the page requested nothing from the network and the browser logged no error (``SEVERE``);
+- every character of the visible text has a glyph in the page's fonts or the system's fallback
+  fonts: no "tofu" (the empty box a browser draws for a character no font has, e.g. an emoji
+  on a machine without an emoji font). Each distinct non-ASCII character is drawn on a canvas in
+  its element's font and compared, pixel by pixel, with characters no font can have (unassigned
+  code points), which the browser draws as that same box;
 - at a 1280 px wide window, code and printed outputs fit the text column (long lines wrap) and
   no other preformatted block is cut off (it fits or scrolls).
 
@@ -33,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
@@ -194,6 +200,63 @@ ready.then(() => 'ok', (e) => 'MathJax startup failed: ' + e).then((mathjax) => 
 """
 
 
+# After the fonts loaded: each distinct non-ASCII character of the visible text (math, code
+# blocks' own fonts included; whitespace, marks and format characters excepted) drawn on a canvas
+# in its element's font; it is missing when it draws exactly as an unassigned code point does.
+_GLYPHS = r"""
+const done = arguments[arguments.length - 1];
+(document.fonts ? document.fonts.ready : Promise.resolve()).then(() => {
+  const SKIP = 'script, style, noscript, textarea, mjx-container, svg, math';
+  const IGNORE = /[\p{Z}\p{Cc}\p{Cf}\p{M}]/u;
+  const canvas = document.createElement('canvas');
+  canvas.width = 96; canvas.height = 64;
+  const ctx = canvas.getContext('2d', {willReadFrequently: true});
+  const draw = (font, ch) => {
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.font = font; ctx.textBaseline = 'middle'; ctx.fillStyle = '#000';
+    ctx.fillText(ch, 8, 32);
+    return {width: ctx.measureText(ch).width,
+            pixels: ctx.getImageData(0, 0, canvas.width, canvas.height).data};
+  };
+  const same = (a, b) => {
+    if (Math.abs(a.width - b.width) > 0.01) return false;
+    for (let i = 3; i < a.pixels.length; i += 4) if (a.pixels[i] !== b.pixels[i]) return false;
+    return true;
+  };
+  const refs = new Map(), checked = new Map(), missing = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!el || el.closest(SKIP) || !el.getClientRects().length) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden') continue;
+    const font = `${style.fontStyle} ${style.fontWeight} 40px ${style.fontFamily}`;
+    for (const ch of node.data) {
+      if (ch.codePointAt(0) < 0x80 || IGNORE.test(ch)) continue;
+      const key = font + '\u0000' + ch;
+      if (checked.has(key)) continue;
+      if (!refs.has(font)) refs.set(font, [draw(font, '\u0378'), draw(font, '\u{10FFFD}')]);
+      const tofu = refs.get(font).some((ref) => same(draw(font, ch), ref));
+      checked.set(key, tofu);
+      if (tofu) missing.push({
+        code: 'U+' + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0'),
+        char: ch, font: style.fontFamily, context: node.data.trim().slice(0, 60)});
+    }
+  }
+  done({checked: checked.size, missing});
+});
+"""
+
+
+def _missing_glyphs(drv) -> list[str]:
+    """The characters of the open page that its fonts cannot draw (tofu), described."""
+    report = drv.execute_async_script(_GLYPHS)
+    return [
+        f"{m['code']} {m['char']!r} in {m['context']!r} (font {m['font']})"
+        for m in report["missing"]
+    ]
+
+
 def _screenshot(drv, page: Path) -> None:
     """The whole page at the window's width: the viewport is made as tall as the page."""
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -280,6 +343,7 @@ def test_page(browser, page):
     drv.get_log("performance")
     drv.get(page.as_uri())
     report = drv.execute_async_script(_INSPECT)
+    tofu = _missing_glyphs(drv)
     _screenshot(drv, page)
     console = [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
     network = _network_requests(drv)
@@ -323,6 +387,10 @@ def test_page(browser, page):
         problems.append(f"the page needs the network: {remote[:8]}")
     if console:
         problems.append(f"console errors: {console[:8]}")
+    if tofu:
+        problems.append(
+            f"{len(tofu)} characters no font of the page can draw (tofu): {tofu[:8]}"
+        )
     chapter = report["chapter"].rstrip(".")
     # a numbered chapter: its equations, figures and theorems carry its number
     if chapter:
@@ -360,3 +428,40 @@ def test_notebook_downloads():
         assert code and any(c.get("outputs") for c in code), (
             f"{rel}: no executed outputs"
         )
+
+
+def test_glyph_check_catches_tofu(browser, tmp_path):
+    """The tofu check on a small page: characters that no font has are caught, others pass.
+
+    U+0378 is unassigned and U+F0000 a private-use character no system font maps: both are
+    tofu anywhere. The emoji U+2705 and U+274C (MyST-NB's execution-status symbols) are tofu on
+    a machine without an emoji font (fc-list tells); the execution-status table must not use
+    them. Math symbols, accents and typographic punctuation have glyphs in DejaVu.
+    """
+    page = tmp_path / "glyphs.html"
+    page.write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><style>body{font-family:'
+        ' -apple-system, "Segoe UI", Roboto, sans-serif}</style></head><body>'
+        "<p>fine: \u2264 \u2265 \u00b1 \u2208 \u2213 \u00e9 \u2014 \u201cq\u201d \u03b1</p>"
+        "<p>unassigned \u0378 private \U000f0000</p>"
+        "<table><tr><td>\u2705</td><td>\u274c</td></tr></table>"
+        "<p style='display:none'>hidden \u0379</p></body></html>",
+        encoding="utf-8",
+    )
+    browser.get(page.as_uri())
+    found = {m.split()[0] for m in _missing_glyphs(browser)}
+    assert {"U+0378", "U+F0000"} <= found, found
+    assert not found & {"U+2264", "U+2265", "U+00B1", "U+2208", "U+00E9", "U+03B1"}, (
+        found
+    )
+    assert "U+0379" not in found, "hidden text is not drawn, so not checked"
+    fc_list = shutil.which("fc-list")
+    if fc_list:
+        for code in ("2705", "274C"):
+            covered = subprocess.run(
+                [fc_list, f":charset={code.lower()}", "family"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            assert (f"U+{code}" in found) == (not covered), (code, covered, found)
