@@ -210,7 +210,7 @@ lab: $(STAMP)
 	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
 	  --LabApp.user_settings_dir="$(CURDIR)/$(LAB_SETTINGS)" \
 	  --LabApp.workspaces_dir="$(CURDIR)/build/lab/workspaces" \
-	  $(LAB_ARGS) chapters/
+	  --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
 
 # The release bundle of a built book (after `make book`): _build/html, the executed notebooks,
 # the build's claim records (_build/claims), results/paper/, the lock, CITATION.cff, README.md
