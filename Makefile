@@ -135,14 +135,12 @@ noise-floor: $(STAMP)
 
 install: $(STAMP)
 
-# The lock in two parts: torch (found in pip's indexes, else in TORCH_INDEX) and the rest.
-build/lock/rest.txt: $(LOCK)
+$(STAMP): pyproject.toml Makefile $(LOCK)
+	$(PYTHON) -m venv $(VENV)
+	@# the lock in two parts: torch (from pip's indexes, else from TORCH_INDEX) and the rest
 	@mkdir -p build/lock
 	awk '/^torch==/{t=1} t{if ($$0 !~ /\\$$/) t=0; next} {print}' $(LOCK) > build/lock/rest.txt
 	awk '/^torch==/{t=1} t{print; if ($$0 !~ /\\$$/) t=0}' $(LOCK) > build/lock/torch.txt
-
-$(STAMP): pyproject.toml Makefile $(LOCK) build/lock/rest.txt
-	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r build/lock/rest.txt
 ifeq ($(strip $(TORCH)),)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r build/lock/torch.txt \
@@ -200,7 +198,7 @@ lock:
 
 # JupyterLab on the chapters. jupytext's contents manager opens each MyST .md as a notebook and
 # saves it back to the .md (outputs are not kept); no .ipynb is written. LAB_ARGS adds options
-# (e.g. --no-browser, --port=8890).
+# (e.g. --no-browser, --port=8890). As root (a container, CI) JupyterLab needs --allow-root.
 LAB_SETTINGS := build/lab/user-settings
 lab: $(STAMP)
 	@mkdir -p $(LAB_SETTINGS)/@jupyterlab/docmanager-extension
@@ -210,7 +208,8 @@ lab: $(STAMP)
 	  --ServerApp.contents_manager_class=jupytext.TextFileContentsManager \
 	  --LabApp.user_settings_dir="$(CURDIR)/$(LAB_SETTINGS)" \
 	  --LabApp.workspaces_dir="$(CURDIR)/build/lab/workspaces" \
-	  --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
+	  --LabApp.default_url=/lab/tree/chapters $(if $(filter 0,$(shell id -u)),--allow-root) \
+	  $(LAB_ARGS)
 
 # The release bundle of a built book (after `make book`): _build/html, the executed notebooks,
 # the build's claim records (_build/claims), results/paper/, the lock, CITATION.cff, README.md

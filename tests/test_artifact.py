@@ -207,10 +207,10 @@ def test_citation_cff_is_valid_cff_1_2():
 def test_cff_validation_rejects_broken_metadata():
     broken = _citation()
     del broken["authors"]
-    broken["references"][0]["year"] = "twenty"
+    broken["references"][0]["doi"] = "not a doi"
     errors = _cff_errors(broken)
     assert any("authors" in e for e in errors), errors
-    assert any("references/0/year" in e for e in errors), errors
+    assert any("references/0/doi" in e for e in errors), errors
 
 
 def test_citation_version_is_the_package_version():

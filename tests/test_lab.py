@@ -66,7 +66,7 @@ lib.__name__
 
 def _contents_manager_class():
     try:
-        from jupytext.contentsmanager import TextFileContentsManager
+        from jupytext.sync_contentsmanager import TextFileContentsManager
     except ImportError as exc:  # jupyter_server missing: the lab extra is not installed
         if IN_CI:
             pytest.fail(f"JupyterLab / jupytext contents manager unavailable: {exc}")
@@ -134,6 +134,20 @@ def _get(url: str, token: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to make and JupyterLab (their own process group), SIGKILL after 30 s."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # already gone
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def test_make_lab_starts_headless_and_stops(tmp_path):
     _contents_manager_class()
     if not (Path(sys.prefix) / "bin" / "jupyter-lab").is_file():
@@ -191,12 +205,13 @@ def test_make_lab_starts_headless_and_stops(tmp_path):
         model = json.loads(body)
         assert model["type"] == "notebook", model["type"]
         assert any(c["cell_type"] == "code" for c in model["content"]["cells"])
+        # a double click opens a .md as a notebook (the settings `make lab` writes)
+        url = f"{base}/lab/api/settings/@jupyterlab/docmanager-extension:plugin"
+        status, body = _get(url, token)
+        assert status == 200, body[:300]
+        viewers = json.loads(body)["settings"]["defaultViewers"]
+        assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        _stop(proc)
     with pytest.raises(OSError):
         _get(f"{base}/api/status", token)
