@@ -213,15 +213,16 @@ lab: $(STAMP)
 
 # The release bundle of a built book (after `make book`): _build/html, the executed notebooks,
 # the build's claim records (_build/claims), results/paper/, the lock, CITATION.cff, README.md
-# and MANIFEST.sha256 in dist/attention-reproduced-<version>-<commit>.tar.gz.
+# and MANIFEST.sha256 in _build/dist/attention-reproduced-<version>-<commit>.tar.gz.
 dist:
-	$(PYTHON) release/dist.py build --root . --out dist
+	rm -rf _build/dist
+	$(PYTHON) release/dist.py build --root . --out _build/dist
 
 dist-verify:
-	$(PYTHON) release/dist.py verify $(or $(ARCHIVE),$(lastword $(sort $(wildcard dist/*.tar.gz))))
+	$(PYTHON) release/dist.py verify $(or $(ARCHIVE),$(lastword $(sort $(wildcard _build/dist/*.tar.gz))))
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf _build build dist
+	rm -rf _build build

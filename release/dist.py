@@ -1,7 +1,7 @@
 """The book's release bundle: one archive of a built book, with a manifest of checksums.
 
 ``python release/dist.py build [--root .] [--out dist]`` (``make dist``, after ``make book``)
-writes ``dist/attention-reproduced-<version>-<commit>.tar.gz`` holding, under one top folder:
+writes ``_build/dist/attention-reproduced-<version>-<commit>.tar.gz`` holding, under one top folder:
 
 - ``html/``: the HTML book (``_build/html``);
 - ``notebooks/``: the executed notebooks (``.ipynb``): for each page, the first one with outputs
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the archive of a built book")
     b.add_argument("--root", type=Path, default=Path("."))
-    b.add_argument("--out", type=Path, default=Path("dist"))
+    b.add_argument("--out", type=Path, default=Path("_build/dist"))
     v = sub.add_parser(
         "verify", help="check an archive (or unpacked bundle) against its manifest"
     )
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.bundle is None:
                 raise BundleError(
-                    "no bundle given (and none in dist/): run `make dist` first"
+                    "no bundle given (and none in _build/dist/): run `make dist` first"
                 )
             n = verify(args.bundle)
             print(f"{args.bundle}: all {n} files match {MANIFEST}")
