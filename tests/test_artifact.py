@@ -109,8 +109,15 @@ def test_lock_pins_every_package_exactly_with_hashes():
     )
     assert wanted - set(entries) == set()
     assert {"pip", "setuptools", "jupyterlab", "jupytext"} <= set(entries)
-    # torch is the CPU build; the packages installed without dependencies are locked too
+    # torch is the CPU build of the Makefile's TORCH; the packages installed without
+    # dependencies are locked too
     assert entries["torch"][0] == "2.13.0+cpu"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    torch_pin = re.search(r"^TORCH_LOCKED := (\S+)$", makefile, re.MULTILINE)[1]
+    assert (
+        torch_pin in (ROOT / "requirements.in").read_text(encoding="utf-8").splitlines()
+    )
+    assert entries["torch"][0].split("+")[0] == torch_pin.split("==")[1]
     for pin in _makefile_nodeps():
         name, version = pin.split("==")
         assert entries[_norm(name)][0] == version, pin
@@ -142,6 +149,24 @@ def test_make_install_installs_exactly_the_lock(tmp_path):
     assert "--require-hashes -r build/lock/rest.txt" in out
     assert "--require-hashes -r build/lock/torch.txt" in out
     assert "LOCK_CHECK" in out or "as locked" in out
+    # another TORCH (a CUDA build) replaces the locked torch, with the rest still locked
+    gpu = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-B",
+            "install",
+            f"VENV={venv}",
+            "TORCH=torch==2.13.0 --index-url X",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "-m pip install --quiet torch==2.13.0 --index-url X" in gpu
+    assert not [x for x in gpu.splitlines() if "pip install" in x and "torch.txt" in x]
+    assert "--require-hashes -r build/lock/rest.txt" in gpu
 
 
 def test_environment_matches_the_lock():
