@@ -45,14 +45,14 @@ def search(
         for _ in range(steps):
             val = objective(**params)
             if torch.isfinite(val):
-                best = min(best, float(val))
+                best = min(best, float(val.detach()))
             opt.zero_grad()
             val.backward()
             opt.step()
         with torch.no_grad():
             val = objective(**params)
             if torch.isfinite(val):
-                best = min(best, float(val))
+                best = min(best, float(val.detach()))
     return best
 
 
@@ -147,3 +147,19 @@ def test_post_norm_layer_norm_contracts():
 
     best = search(obj, {"x": (6, d)}, scale=1.0)
     assert -best <= 1.0, -best
+
+
+def test_general_value_map_jacobian_stays_asymmetric():
+    # claim 1.7b: relative asymmetry of the Jacobian of q -> W_V Attn(q), minimised over q for a
+    # fixed random W_V and keys (plain softmax, so that the search can differentiate twice)
+    g = torch.Generator().manual_seed(0)
+    d = 6
+    x = torch.randn(12, d, dtype=D64, generator=g)
+    w = torch.randn(d, d, dtype=D64, generator=g) / math.sqrt(d)
+
+    def obj(q):
+        jac = torch.func.jacrev(lambda v: torch.softmax(x @ v / math.sqrt(d), -1) @ (x @ w.T))(q)
+        return torch.linalg.matrix_norm(jac - jac.T) / torch.linalg.matrix_norm(jac)
+
+    best = min(search(obj, {"q": (d,)}, scale=s, starts=3) for s in (1.0, 5.0))
+    assert best >= 1e-3, best
