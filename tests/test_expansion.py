@@ -10,14 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.expansion import (
+    PostNormAttention,
+    ascent_alignment,
     attention_step,
     attention_steps,
     diameter,
     distance_ratios,
     growth_rate,
+    histogram_task,
+    imbalance,
     jacobian_asymmetry,
+    layer_factors,
     pairwise_distances,
     self_attention_stack,
+    train_histogram,
 )
 from lib.lognormalizer import log_normalizer_grad
 
@@ -182,3 +188,98 @@ def test_batched_stack_equals_one_cloud_at_a_time():
     assert torch.allclose(
         self_attention_stack(x[0], 6, beta=0.8, weights=w[0])[1], ref, atol=1e-12
     )
+
+
+def test_layer_factors_against_a_hand_written_post_norm_layer():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 9, 4, dtype=D64, generator=g)
+    w = torch.randn(3, 3, 4, 4, dtype=D64, generator=g) / 2
+    gam = 1 + 0.3 * torch.randn(3, 4, dtype=D64, generator=g)
+    b = 0.1 * torch.randn(3, 4, dtype=D64, generator=g)
+    f = layer_factors(x, 3, beta=0.7, weights=w, ln_weight=gam, ln_bias=b)
+    ref = x
+    for layer in range(3):
+        wq, wk, wov = w[layer]
+        y = ref + torch.softmax(0.7 * (ref @ wq.T) @ (ref @ wk.T).transpose(-1, -2), -1) @ (
+            ref @ wov.T
+        )
+        new = torch.nn.functional.layer_norm(y, (4,), gam[layer], b[layer], eps=1e-5)
+        mean = lambda z: torch.stack(
+            [torch.stack([(z[k, i] - z[k, j]).norm() for i in range(9) for j in range(i + 1, 9)]).mean()
+             for k in range(2)])
+        assert torch.allclose(f["expansion"][:, layer], mean(y) / mean(ref), atol=1e-12)
+        assert torch.allclose(f["contraction"][:, layer], mean(new) / mean(y), atol=1e-12)
+        ref = new
+        assert torch.allclose(f["states"][layer + 1], ref, atol=1e-12)
+    assert bool(f["live"].all())
+    with pytest.raises(ValueError, match="ln_weight"):
+        layer_factors(x, 3, beta=0.7, ln_weight=gam[:2])
+    with pytest.raises(ValueError, match="weights"):
+        layer_factors(x, 3, beta=0.7, weights=w[:2])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), beta=st.floats(0.05, 4.0), scale=st.floats(0.1, 4.0))
+def test_every_identity_layer_is_expansive(seed, beta, scale):
+    # the expansion theorem applied to each self-attention layer (chapter 1, claim 1.4)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(10, 3, dtype=D64, generator=g) * scale
+    f = layer_factors(x, 4, beta=beta)
+    assert float(f["min_ratio"].min()) >= 1 - 1e-9
+    assert float(f["expansion"].min()) >= 1 - 1e-9
+
+
+def test_layer_factors_mark_collapsed_clouds():
+    x = torch.ones(5, 4, dtype=D64) + 1e-12 * torch.randn(5, 4, dtype=D64)
+    f = layer_factors(x, 2, beta=1.0, residual=False)
+    assert not bool(f["live"].any())
+    assert torch.equal(f["expansion"], torch.ones(2, dtype=D64))
+    assert torch.equal(f["contraction"], torch.ones(2, dtype=D64))
+
+
+def test_imbalance_closed_forms():
+    e = torch.tensor([2.0, 1.5, 1.1], dtype=D64)
+    assert float(imbalance(e, 1 / e)) < 1e-15  # exact balance
+    assert abs(float(imbalance(e, torch.ones(3, dtype=D64))) - 1) < 1e-15  # no layer norm
+    assert abs(float(imbalance(e, e**-2)) - 1) < 1e-14  # twice the contraction: a collapse
+    assert abs(float(imbalance(e, e**-1.5)) - 0.5) < 1e-14
+    with pytest.raises(ValueError, match="positive"):
+        imbalance(e, torch.zeros(3, dtype=D64))
+    with pytest.raises(ValueError, match="same shape"):
+        imbalance(e, e[:2])
+
+
+def test_ascent_alignment_and_the_gradient_it_stands_for():
+    g = torch.Generator().manual_seed(6)
+    wq, wk = torch.randn(2, 4, 4, dtype=D64, generator=g)
+    beta = 0.5
+    m = wq.T @ wk
+    assert abs(float(ascent_alignment(wq, wk, 3 * beta * m)) - 1) < 1e-14
+    assert abs(float(ascent_alignment(wq, wk, -m)) + 1) < 1e-14
+    # with W_OV = beta W_Q^T W_K the sublayer is the gradient of A(x) = log sum exp(beta x^T M y_j)
+    y = torch.randn(7, 4, dtype=D64, generator=g)
+    x = torch.randn(4, dtype=D64, generator=g, requires_grad=True)
+    a = torch.logsumexp(beta * (x @ m) @ y.T, -1)
+    (grad_a,) = torch.autograd.grad(a, x)
+    out = torch.softmax(beta * (wq @ x.detach()) @ (y @ wk.T).T, -1) @ (y @ (beta * m).T)
+    assert torch.allclose(out, grad_a, atol=1e-12)
+
+
+def test_histogram_task_brute_force():
+    tokens, counts = histogram_task(20, 6, 3, generator=torch.Generator().manual_seed(7))
+    for s in range(20):
+        for i in range(6):
+            assert int(counts[s, i]) == sum(int(tokens[s, j] == tokens[s, i]) for j in range(6)) - 1
+
+
+def test_post_norm_model_matches_layer_factors_and_learns():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = PostNormAttention(5, 8, 2, 4, generator=torch.Generator().manual_seed(8))
+        tokens = torch.randint(0, 5, (3, 4))
+        w, gam, b = model.stack()
+        f = layer_factors(model.embed[tokens], 2, beta=model.beta, weights=w, ln_weight=gam, ln_bias=b)
+        assert torch.allclose(f["states"][-1] @ model.readout.T, model(tokens), atol=1e-5)
+    _, acc = train_histogram(0, d=8, depth=2, vocab=4, length=4, steps=60, batch=32)
+    # always answering the most frequent count (0 or 1 other copy) scores 27/64, about 0.42
+    assert acc > 0.5
