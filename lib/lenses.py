@@ -18,7 +18,11 @@ step with step :math:`h = \alpha/(1+\alpha)`, which is chapter 5's softmax layer
 *Energies (chapters 1, 3).* :func:`interaction_energy` :math:`E_\beta`, :func:`summed_log_normalizer`
 :math:`F` and :func:`sphere_field` (chapter 3's field with a value map ``V``, projected on the
 tangent space of the sphere), with :func:`energy_rate`, the rate of change of an energy along a
-field (by autograd).
+field (by autograd), :func:`projected_gradient` (the tangential gradient, for the identity
+:math:`\dot x_i = P^\perp_{x_i}\nabla_{x_i}E_\beta / Z_i`), and :func:`adversarial_energy_rate`, an
+optimiser over configurations that looks for the smallest rate (a sign claim needs more than
+random samples). :func:`frozen_pattern_field` and :func:`pattern_log_normalizer` are the same flow
+and log-normalizer with the keys (Hopfield's stored patterns) held fixed.
 
 *Kernels on a Potts teacher (chapters 2, 4).* :class:`KernelFactoredAttention` is chapter 2's
 factored layer whose positional softmax is replaced by a normalised kernel of learned query and
@@ -49,14 +53,20 @@ from .potts import FactoredAttention, PottsModel
 Tensor = torch.Tensor
 
 __all__ = [
+    "AdversarialSearch",
     "KernelFactoredAttention",
     "TemperatureSweep",
+    "adversarial_energy_rate",
     "consensus_euler_step",
     "consensus_field",
     "decay_rate",
     "energy_rate",
+    "frozen_pattern_field",
     "interaction_energy",
+    "pattern_log_normalizer",
     "potts_view",
+    "projected_gradient",
+    "random_sphere_clouds",
     "score_gaps",
     "sphere_field",
     "summed_log_normalizer",
@@ -326,6 +336,152 @@ def energy_rate(
     rate = (grad * velocity).sum(dim=(-1, -2))
     norm = grad.flatten(-2).norm(dim=-1) * velocity.flatten(-2).norm(dim=-1)
     return rate.detach(), (rate / norm.clamp_min(torch.finfo(x.dtype).tiny)).detach()
+
+
+def projected_gradient(energy: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    r"""Tangential gradient :math:`P^\perp_{x_i}\nabla_{x_i}\mathcal E` of an energy on the unit sphere.
+
+    ``energy`` maps unit tokens ``(..., n, d)`` to ``(...)``; the Euclidean gradient is taken by
+    autograd and projected, :math:`P^\perp_x g = g - \langle x, g\rangle x`. Returns ``(..., n, d)``.
+    Geshkovski et al. (2023) write the attention flow for :math:`V=I` as
+    :math:`\dot x_i = Z_i^{-1} P^\perp_{x_i}\nabla_{x_i}E_\beta` (chapter 6, claim 6.6).
+    """
+    x = _tokens(x)
+    xg = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(xg).sum(), xg)
+    return grad - (grad * x).sum(-1, keepdim=True) * x
+
+
+def pattern_log_normalizer(x: Tensor, y: Tensor, *, beta: float) -> Tensor:
+    r"""Chapter 1's log-normalizer of the states ``x`` against fixed patterns ``y``, summed:
+
+    .. math:: F(x; Y) = \sum_i \log\sum_j e^{\beta\langle x_i, y_j\rangle},
+
+    ``x`` ``(..., n, d)``, ``y`` ``(..., m, d)``; returns ``(...)``. Minus :math:`\beta^{-1}` times
+    it is, up to a constant on the sphere, the summed Hopfield energy of the states with the
+    patterns stored (:func:`lib.hopfield.hopfield_energy`). With ``y = x`` it is
+    :func:`summed_log_normalizer`.
+    """
+    x, y = _tokens(x), _tokens(y, "y")
+    keys = y.unsqueeze(-3).expand(*y.shape[:-2], x.shape[-2], *y.shape[-2:])
+    return log_normalizer(x, keys, beta=beta).sum(dim=-1)
+
+
+def frozen_pattern_field(x: Tensor, y: Tensor, *, beta: float) -> Tensor:
+    r"""The sphere flow of the states ``x`` with the keys and values held at the patterns ``y``:
+
+    .. math:: \dot x_i = P^\perp_{x_i}\Big(\sum_j \mathrm{softmax}_j(\beta\langle x_i, y_j\rangle)\, y_j\Big)
+              = \beta^{-1} P^\perp_{x_i}\nabla_{x_i} F(x; Y),
+
+    the continuous-time Hopfield retrieval on the sphere (chapter 1's update, the patterns fixed).
+    ``x`` ``(..., n, d)`` unit states, ``y`` ``(..., m, d)`` patterns; returns ``(..., n, d)``.
+    """
+    x, y = _tokens(x), _tokens(y, "y")
+    beta = C.positive(beta, "beta")
+    w = torch.softmax(beta * (x @ y.transpose(-1, -2)), dim=-1)
+    g = w @ y
+    return g - (g * x).sum(-1, keepdim=True) * x
+
+
+def random_sphere_clouds(
+    starts: int, n: int, d: int, *, generator: torch.Generator, clustered: float = 0.5
+) -> Tensor:
+    r"""``starts`` random clouds of ``n`` unit tokens in :math:`\mathbb R^d`, ``(starts, n, d)``.
+
+    A fraction ``clustered`` of them is drawn around one random direction (each token the first
+    token plus :math:`0.3` times a Gaussian, normalised), the others uniformly on the sphere.
+    """
+    starts, n, d = (C.positive_int(v, k) for v, k in ((starts, "starts"), (n, "n"), (d, "d")))
+    x = torch.randn(starts, n, d, generator=generator, dtype=torch.float64)
+    if not 0.0 <= float(clustered) <= 1.0:
+        raise ValueError(f"clustered must be a fraction in [0, 1], got {clustered}")
+    k = round(starts * float(clustered))
+    if k:
+        x[starts - k :] = x[starts - k :, :1] + 0.3 * x[starts - k :]
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+@dataclass
+class AdversarialSearch:
+    r"""Output of :func:`adversarial_energy_rate`.
+
+    start_cos
+        ``(starts,)``: the cosine of the rate at the random starting clouds.
+    final_cos
+        ``(starts,)``: the smallest cosine met along each start's optimisation.
+    best_x
+        ``(n, d)``: the configuration with the smallest cosine met.
+    best_rate
+        Its rate :math:`\frac{d}{dt}\mathcal E` (not normalised).
+    """
+
+    start_cos: Tensor
+    final_cos: Tensor
+    best_x: Tensor
+    best_rate: float
+
+    @property
+    def min_cos(self) -> float:
+        """The smallest cosine found, over the starts and the optimisation."""
+        return float(torch.minimum(self.start_cos.min(), self.final_cos.min()))
+
+
+def _cosine(
+    energy: Callable[[Tensor], Tensor], field: Callable[[Tensor], Tensor], x: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Differentiable rate and cosine of ``energy`` along ``field`` at ``x`` (autograd, twice)."""
+    e = energy(x).sum()
+    (grad,) = torch.autograd.grad(e, x, create_graph=True)
+    v = field(x)
+    rate = (grad * v).sum(dim=(-1, -2))
+    norm = grad.flatten(-2).norm(dim=-1) * v.flatten(-2).norm(dim=-1)
+    return rate, rate / norm.clamp_min(1e-300)
+
+
+def adversarial_energy_rate(
+    energy: Callable[[Tensor], Tensor],
+    field: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    *,
+    steps: int = 200,
+    lr: float = 0.03,
+) -> AdversarialSearch:
+    r"""Search for configurations where an energy falls fastest along a field on the sphere.
+
+    From each random start ``x0`` ``(starts, n, d)`` (unit tokens), Adam minimises the cosine
+    :math:`\frac{d\mathcal E/dt}{\|\nabla\mathcal E\|\,\|\dot x\|}` over the configuration,
+    parametrised as :math:`x = y/\|y\|` row by row (so it stays on the sphere). ``energy`` maps
+    ``(..., n, d)`` to ``(...)`` and must be twice differentiable by autograd; ``field`` maps
+    ``(..., n, d)`` to the velocity (same shape), e.g. :func:`sphere_field`. A claim that the rate
+    never falls below zero survives only if the smallest cosine found stays at or above zero
+    (up to round-off).
+    """
+    x0 = _tokens(x0, "x0")
+    if x0.dim() != 3:
+        raise ValueError(f"x0 must be (starts, n, d), got {tuple(x0.shape)}")
+    steps = C.positive_int(steps, "steps")
+    lr = C.positive(lr, "lr")
+    y = x0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([y], lr=lr)
+    best = torch.full((x0.shape[0],), math.inf, dtype=x0.dtype)
+    best_x = x0.detach().clone()
+    start_cos = None
+    for _ in range(steps + 1):
+        x = y / y.norm(dim=-1, keepdim=True)
+        _, cos = _cosine(energy, field, x)
+        c = cos.detach()
+        if start_cos is None:
+            start_cos = c.clone()
+        better = c < best
+        best = torch.where(better, c, best)
+        best_x[better] = x.detach()[better]
+        opt.zero_grad()
+        cos.sum().backward()
+        opt.step()
+    k = int(best.argmin())
+    xb = best_x[k]
+    rate, _ = energy_rate(energy, xb, field(xb))
+    return AdversarialSearch(start_cos, best, xb, float(rate))
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lib import lenses as LN
 from lib.attention import factored_weights
@@ -245,3 +247,128 @@ def test_bad_inputs():
         LN.score_gaps(x)
     with pytest.raises(ValueError):
         LN.temperature_sweep(x, alpha=1.0, layers=2, betas=[1.0, 2.0])
+
+
+# --------------------------------------------------------------------------------------------
+# Energies: identities, signs under an adversarial search
+# --------------------------------------------------------------------------------------------
+
+
+def _energy(beta: float):
+    return lambda y: LN.interaction_energy(y, beta=beta)
+
+
+def _F(beta: float):
+    return lambda y: LN.summed_log_normalizer(y, beta=beta)
+
+
+def _field(beta: float, V=None):
+    return lambda y: LN.sphere_field(y, beta=beta, V=V)
+
+
+def test_random_sphere_clouds_unit_and_clustered():
+    x = LN.random_sphere_clouds(10, 5, 3, generator=_gen(20))
+    assert x.shape == (10, 5, 3)
+    assert float((x.norm(dim=-1) - 1).abs().max()) < 1e-14
+    # the clustered half has tokens closer together than the uniform half
+    spread = (x - x.mean(-2, keepdim=True)).norm(dim=-1).mean(-1)
+    assert float(spread[5:].mean()) < float(spread[:5].mean())
+    with pytest.raises(ValueError):
+        LN.random_sphere_clouds(4, 5, 3, generator=_gen(0), clustered=1.5)
+
+
+def test_projected_gradient_and_geshkovski_identity():
+    # v_i = P_perp grad_i E / Z_i, with the gradient of E in closed form (Z_i Gamma_i)
+    x = LN.random_sphere_clouds(6, 7, 3, generator=_gen(21))
+    for beta in (0.5, 3.0):
+        g = LN.projected_gradient(_energy(beta), x)
+        S = torch.exp(beta * x @ x.transpose(-1, -2))
+        closed = S @ x
+        closed = closed - (closed * x).sum(-1, keepdim=True) * x
+        assert float((g - closed).abs().max()) < 1e-12 * float(closed.abs().max())
+        Z = S.sum(-1, keepdim=True)
+        assert float((LN.sphere_field(x, beta=beta) - g / Z).abs().max()) < 1e-13
+        # the same identity with F fails: the field is not a gradient flow of F
+        gF = LN.projected_gradient(_F(beta), x)
+        assert float((LN.sphere_field(x, beta=beta) - gF / beta).abs().max()) > 1e-2
+    assert float((g * x).sum(-1).abs().max()) < 1e-12  # tangent
+
+
+def test_pattern_log_normalizer_and_frozen_field():
+    g = _gen(22)
+    x = LN.random_sphere_clouds(3, 4, 3, generator=g)
+    y = torch.randn(3, 6, 3, generator=g, dtype=F64)
+    beta = 1.7
+    Fp = LN.pattern_log_normalizer(x, y, beta=beta)
+    ref = torch.logsumexp(beta * x @ y.transpose(-1, -2), dim=-1).sum(-1)
+    assert float((Fp - ref).abs().max()) < 1e-12
+    # with y = x it is the summed log-normalizer
+    assert float((LN.pattern_log_normalizer(x, x, beta=beta) - LN.summed_log_normalizer(x, beta=beta)).abs().max()) < 1e-12
+    # the frozen-pattern field is beta^-1 times the tangential gradient in the states
+    v = LN.frozen_pattern_field(x, y, beta=beta)
+    gp = LN.projected_gradient(lambda s: LN.pattern_log_normalizer(s, y, beta=beta), x)
+    assert float((v - gp / beta).abs().max()) < 1e-13
+    # with y = x it is the attention flow on the sphere
+    assert float((LN.frozen_pattern_field(x, x, beta=beta) - LN.sphere_field(x, beta=beta)).abs().max()) < 1e-13
+
+
+def test_adversary_keeps_the_sign_of_dE_and_breaks_dF():
+    """The chapter's setting (n = 8, d = 3, beta = 2): E rises under the adversary, F does not."""
+    x0 = LN.random_sphere_clouds(24, 8, 3, generator=_gen(23))
+    resE = LN.adversarial_energy_rate(_energy(2.0), _field(2.0), x0, steps=60)
+    assert resE.min_cos >= -1e-12
+    resF = LN.adversarial_energy_rate(_F(2.0), _field(2.0), x0, steps=60)
+    assert float(resF.start_cos.min()) > 0  # random starts all look monotone
+    assert resF.min_cos < -1e-3 and resF.best_rate < 0  # the adversary finds a decrease
+    # the reported configuration is on the sphere and its rate is negative by finite differences
+    xb = resF.best_x
+    assert float((xb.norm(dim=-1) - 1).abs().max()) < 1e-12
+    v = LN.sphere_field(xb, beta=2.0)
+    eps = 1e-6
+    fd = (LN.summed_log_normalizer(xb + eps * v, beta=2.0) - LN.summed_log_normalizer(xb - eps * v, beta=2.0)) / (2 * eps)
+    assert float(fd) < 0
+    # a random value map loses the sign of dE/dt
+    V = torch.randn(3, 3, generator=_gen(24), dtype=F64)
+    assert LN.adversarial_energy_rate(_energy(2.0), _field(2.0, V), x0, steps=30).min_cos < -1e-2
+
+
+def test_two_tokens_F_rises_under_the_adversary():
+    # n = 2: F = 2 log(e^beta + e^{beta <x1, x2>}) increases with <x1, x2>, which the flow increases
+    x0 = LN.random_sphere_clouds(16, 2, 3, generator=_gen(25))
+    for beta in (0.5, 4.0):
+        assert LN.adversarial_energy_rate(_F(beta), _field(beta), x0, steps=40).min_cos >= -1e-12
+
+
+def test_frozen_patterns_keep_the_sign_under_the_adversary():
+    n = 5
+
+    def energy(y):
+        return LN.pattern_log_normalizer(y[..., :n, :], y[..., n:, :], beta=2.0)
+
+    def field(y):
+        v = LN.frozen_pattern_field(y[..., :n, :], y[..., n:, :], beta=2.0)
+        return torch.cat([v, torch.zeros_like(v)], dim=-2)
+
+    x0 = LN.random_sphere_clouds(16, 2 * n, 3, generator=_gen(26))
+    assert LN.adversarial_energy_rate(energy, field, x0, steps=40).min_cos >= -1e-12
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), beta=st.floats(0.1, 10.0), n=st.integers(2, 9))
+def test_property_dE_nonnegative_for_identity_value_map(seed, beta, n):
+    x = LN.random_sphere_clouds(8, n, 3, generator=_gen(seed))
+    rate, _ = LN.energy_rate(_energy(beta), x, LN.sphere_field(x, beta=beta))
+    S = torch.exp(beta * x @ x.transpose(-1, -2))
+    G = (S @ x) / S.sum(-1, keepdim=True)
+    u = G - (G * x).sum(-1, keepdim=True) * x
+    closed = (S.sum(-1) * (u * u).sum(-1)).sum(-1)  # sum_i Z_i |P_perp Gamma_i|^2
+    assert float((rate - closed).abs().max()) < 1e-10 * max(1.0, float(closed.abs().max()))
+    assert float(rate.min()) >= -1e-12
+
+
+def test_adversarial_search_bad_inputs():
+    x = LN.random_sphere_clouds(2, 3, 3, generator=_gen(27))
+    with pytest.raises(ValueError):
+        LN.adversarial_energy_rate(_energy(1.0), _field(1.0), x[0], steps=5)
+    with pytest.raises(ValueError):
+        LN.adversarial_energy_rate(_energy(1.0), _field(1.0), x, steps=0)
