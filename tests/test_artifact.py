@@ -88,6 +88,12 @@ def _pyproject_requirements() -> set[str]:
     return _requirement_names(quoted)
 
 
+# make run from a test: not a sub-make of the `make test` that started pytest
+MAKE_ENV = {
+    k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+}
+
+
 def _makefile_nodeps() -> list[str]:
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
     return re.search(r"^NODEPS := (.*)$", text, re.MULTILINE)[1].split()
@@ -135,6 +141,7 @@ def test_make_install_installs_exactly_the_lock(tmp_path):
     out = subprocess.run(
         ["make", "-n", "-B", "install", f"VENV={venv}", f"PYTHON={sys.executable}"],
         cwd=ROOT,
+        env=MAKE_ENV,
         capture_output=True,
         text=True,
         check=True,
@@ -160,6 +167,7 @@ def test_make_install_installs_exactly_the_lock(tmp_path):
             "TORCH=torch==2.13.0 --index-url X",
         ],
         cwd=ROOT,
+        env=MAKE_ENV,
         capture_output=True,
         text=True,
         check=True,
@@ -406,6 +414,7 @@ def test_make_dist_and_dist_verify(built_tree, tmp_path):
     checked = subprocess.run(
         ["make", "-s", "dist-verify", f"ARCHIVE={archive}", f"PYTHON={sys.executable}"],
         cwd=ROOT,
+        env=MAKE_ENV,
         capture_output=True,
         text=True,
         check=False,
