@@ -57,44 +57,49 @@ import torch
 from scipy.integrate import solve_ivp
 
 from . import _checks as C
-from .attention import causal_mask, l2_attention, sigmoid_attention, sinkhorn_attention, softmax_attention
+from .attention import (
+    l2_attention,
+    sigmoid_attention,
+    sinkhorn_attention,
+    softmax_attention,
+)
 
 Tensor = torch.Tensor
 
 __all__ = [
-    "VARIANTS",
-    "CLOSED_VARIANTS",
-    "particle_velocity",
-    "field_of_cloud",
-    "sphere_velocity",
-    "rk4",
-    "split_heads",
-    "check_covariance",
-    "affine_field",
-    "covariance_rhs",
-    "mean_rhs",
-    "CovarianceTrajectory",
-    "evolve_covariance",
-    "authors_params",
-    "EulerResult",
-    "euler_psd",
     "AUTHORS_HISTOGRAM",
-    "authors_histogram_instances",
+    "CLOSED_VARIANTS",
+    "VARIANTS",
+    "CovarianceTrajectory",
+    "EulerResult",
     "GaussianFlow",
-    "gaussian_flow",
-    "exact_covariance_identity_v",
-    "blowup_time",
-    "schur_limit",
-    "psd_project",
-    "cone_coordinates",
-    "disk_coordinates",
-    "from_cone_coordinates",
-    "covariance_grid",
+    "affine_field",
     "affine_fit_residual",
-    "mardia_kurtosis_z",
+    "authors_histogram_instances",
+    "authors_params",
+    "blowup_time",
+    "check_covariance",
+    "cone_coordinates",
+    "covariance_grid",
+    "covariance_rhs",
+    "disk_coordinates",
+    "euler_psd",
+    "evolve_covariance",
+    "exact_covariance_identity_v",
+    "field_of_cloud",
+    "from_cone_coordinates",
+    "gaussian_flow",
     "loglog_slope",
-    "trace_crossing_times",
+    "mardia_kurtosis_z",
+    "mean_rhs",
     "numerical_rank",
+    "particle_velocity",
+    "psd_project",
+    "rk4",
+    "schur_limit",
+    "sphere_velocity",
+    "split_heads",
+    "trace_crossing_times",
 ]
 
 VARIANTS = ("softmax", "l2", "sigmoid", "sinkhorn", "multihead")
@@ -254,7 +259,8 @@ def field_of_cloud(
 
     Queries :math:`Qy_i`, keys :math:`Kx_j`, values :math:`Vx_j`, with
     :math:`\mu_x = \frac1M\sum_j\delta_{x_j}` (softmax, L2 or sigmoid as in
-    :func:`particle_velocity`). Tracer points ``y`` moved by this field follow the characteristics
+    :func:`particle_velocity`; ``"multihead"`` sums the softmax fields of the heads of
+    :func:`split_heads`, as :func:`particle_velocity` does). Tracer points ``y`` moved by this field follow the characteristics
     of the mean-field flow approximated by ``x``: the synchronous coupling used to measure the
     mean-field limit against an *independent* reference cloud (chapter 3, claim 3.11).
 
@@ -263,7 +269,16 @@ def field_of_cloud(
     """
     y = C.float_tensor(y, "y", min_dim=2)
     x = C.float_tensor(x, "x", min_dim=2)
-    _variant(variant, ("softmax", "l2", "sigmoid"))
+    _variant(variant, ("softmax", "l2", "sigmoid", "multihead"))
+    if variant == "multihead":
+        # sum over heads of softmax fields; Q, K (H, k, d), V (H, d, d) as from split_heads
+        Qs, Ks, Vs = (torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a,
+                                      dtype=x.dtype, device=x.device) for a in (Q, K, V))
+        if Qs.ndim != 3 or Ks.shape != Qs.shape or Vs.ndim != 3 or Vs.shape[0] != Qs.shape[0]:
+            raise ValueError("multihead needs Q, K (H, k, d) and V (H, d, d) as from split_heads, got "
+                             f"{tuple(Qs.shape)}, {tuple(Ks.shape)}, {tuple(Vs.shape)}")
+        return sum(field_of_cloud(y, x, Q=Qs[h], K=Ks[h], V=Vs[h], variant="softmax", positions=positions)
+                   for h in range(Qs.shape[0]))
     if y.shape[-1] != x.shape[-1]:
         raise ValueError(f"y and x must share the last dimension, got {tuple(y.shape)} and {tuple(x.shape)}")
     Q, K, V = _qkv_params(Q, K, V, x.shape[-1], False, x)
@@ -936,10 +951,10 @@ def euler_psd(
 #: The authors' histogram protocol (``histograms.py``): Euler step per dimension (3, 4, 5),
 #: stopping tolerance on ``||dS/dt||_F`` and iteration cap, per (variant, V kind).
 AUTHORS_HISTOGRAM = {
-    ("softmax", "I"): dict(step=(0.09, 0.05, 0.02), tol=1e-4, max_iter=60_000),
-    ("softmax", "SPD"): dict(step=(0.09, 0.06, 0.02), tol=5e-5, max_iter=90_000),
-    ("l2", "I"): dict(step=(0.09, 0.06, 0.02), tol=1e-4, max_iter=60_000),
-    ("l2", "SPD"): dict(step=(0.15, 0.15, 0.15), tol=5e-5, max_iter=50_000),
+    ("softmax", "I"): {"step": (0.09, 0.05, 0.02), "tol": 1e-4, "max_iter": 60_000},
+    ("softmax", "SPD"): {"step": (0.09, 0.06, 0.02), "tol": 5e-5, "max_iter": 90_000},
+    ("l2", "I"): {"step": (0.09, 0.06, 0.02), "tol": 1e-4, "max_iter": 60_000},
+    ("l2", "SPD"): {"step": (0.15, 0.15, 0.15), "tol": 5e-5, "max_iter": 50_000},
 }
 
 
@@ -967,13 +982,13 @@ def authors_histogram_instances(variant: str, v_kind: str, *, n_per_dim: int = 1
     Qs = [rs.randn(d // 2, d) for d in dim_rep]
     if v_kind == "SPD":
         rv = np.random.RandomState(26 if variant == "softmax" else 27)
-        Vs = [(lambda g: g.T @ g)(rv.randn(d, d)) for d in dim_rep]
+        Vs = [g.T @ g for g in (rv.randn(d, d) for d in dim_rep)]
     else:
         Vs = [np.eye(d) for d in dim_rep]
     out = {}
     for j, d in enumerate(dims):
         ri = np.random.RandomState(41)
-        S0 = np.stack([(lambda g: g @ g.T)(ri.randn(d, d)) for _ in range(n_per_dim)])
+        S0 = np.stack([g @ g.T for g in (ri.randn(d, d) for _ in range(n_per_dim))])
         Q = np.stack(Qs[100 * j:100 * j + n_per_dim])
         out[d] = (Q, -Q, np.stack(Vs[100 * j:100 * j + n_per_dim]), S0)
     return out

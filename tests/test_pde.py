@@ -164,7 +164,7 @@ def test_exact_solution_matches_integrator_and_rk4():
 
 
 def test_schur_limit_and_blowup_time():
-    Q, K, _, S0, _ = _params(3, 7)
+    Q, _K, _, S0, _ = _params(3, 7)
     q = Q[:1]
     Sinf = pde.schur_limit(S0, q)
     assert np.linalg.matrix_rank(Sinf, tol=1e-10) == 2 and np.abs(q @ Sinf).max() < 1e-12
@@ -340,7 +340,7 @@ def test_euler_psd_batched_equals_single_runs():
     S0 = np.stack([g @ g.T for g in rng.standard_normal((3, 3, 3))])
     Vs = np.stack([g.T @ g for g in rng.standard_normal((3, 3, 3))])
     for variant in ("softmax", "l2"):
-        kw = dict(variant=variant, step=0.02, tol_low=1e-2, max_iter=400)
+        kw = {"variant": variant, "step": 0.02, "tol_low": 1e-2, "max_iter": 400}
         batch = pde.euler_psd(S0, Q=Qs, K=-Qs, V=Vs, **kw)
         for i in range(3):
             one = pde.euler_psd(S0[i], Q=Qs[i], K=-Qs[i], V=Vs[i], **kw)
@@ -358,9 +358,9 @@ def test_euler_psd_bad_input():
 
 # ------------------------------------------------------------------ property: closure = affine fit of the field
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra.numpy import arrays  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 _entries = st.floats(-0.6, 0.6, allow_nan=False, allow_infinity=False)
 
@@ -399,7 +399,7 @@ def test_property_closure_is_the_affine_fit_of_the_field(Q, K, V, L, m, variant)
 
 def test_mark_rhs_equals_the_stopping_rule():
     Q, _, _, S0, _ = _params(2, 14)
-    kw = dict(Q=Q, K=-Q, V=np.eye(2), rtol=1e-10, atol=1e-14)
+    kw = {"Q": Q, "K": -Q, "V": np.eye(2), "rtol": 1e-10, "atol": 1e-14}
     stop = pde.evolve_covariance(S0, **kw, t_max=1e6, stop_rhs=1e-4)
     mark = pde.evolve_covariance(S0, **kw, t_max=1e6, mark_rhs=1e-4, t_eval=np.array([0.0, 1e6]))
     assert stop.status == "converged" and mark.status == "t_max"
@@ -423,6 +423,18 @@ def test_field_of_cloud_matches_brute_force_and_particle_velocity():
     assert torch.allclose(got, pde.particle_velocity(x, Q=_t(Q), K=_t(K), V=_t(V), variant="l2", causal=True), atol=1e-12)
     with pytest.raises(ValueError, match="see at least one"):
         pde.field_of_cloud(y, x, Q=_t(Q), K=_t(K), V=_t(V), positions=(torch.zeros(7), torch.ones(60)))
+
+
+def test_field_of_cloud_multihead_is_the_particle_field_on_the_cloud():
+    rng = np.random.default_rng(3)
+    Qm, Km, Vm = pde.split_heads(rng.standard_normal((4, 4)), rng.standard_normal((4, 4)),
+                                 rng.standard_normal((4, 4)), 2)
+    x = torch.randn(2, 50, 4, dtype=DT)
+    got = pde.field_of_cloud(x, x, Q=_t(Qm), K=_t(Km), V=_t(Vm), variant="multihead")
+    ref = pde.particle_velocity(x, Q=_t(Qm), K=_t(Km), V=_t(Vm), variant="multihead")
+    assert torch.allclose(got, ref, atol=1e-12)
+    with pytest.raises(ValueError, match="split_heads"):
+        pde.field_of_cloud(x, x, Q=_t(Qm[0]), K=_t(Km[0]), V=_t(Vm[0]), variant="multihead")
 
 
 def test_mardia_kurtosis_z():
@@ -449,3 +461,106 @@ def test_authors_histogram_instances_follow_their_recipe():
     g = np.random.RandomState(41).randn(4, 4)
     assert np.allclose(S0[0], g @ g.T)
     assert np.array_equal(pde.authors_histogram_instances("l2", "I", n_per_dim=2)[5][2][1], np.eye(5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Adversarial searches for the chapter's inequalities (an optimiser over configurations, started
+# from random points): the Lyapunov function of claim 3.6 and the growth of the covariance when
+# V = Q^T K. Each search maximises a normalised violation; the inequality holds when the best
+# value found stays at round-off.
+# ----------------------------------------------------------------------------------------------
+
+from scipy.optimize import minimize
+
+
+def _unpack(p, d, r):
+    """Parameters -> (S, Q, V): S = L L^T, V = M M^T + 1e-3 I (SPD), Q (r, d)."""
+    L = p[: d * d].reshape(d, d)
+    M = p[d * d: 2 * d * d].reshape(d, d)
+    Q = p[2 * d * d:].reshape(r, d)
+    return L @ L.T + 1e-9 * np.eye(d), Q, M @ M.T + 1e-3 * np.eye(d)
+
+
+def _adversarial_max(objective, n_params, *, starts=8, seed=0):
+    rng = np.random.default_rng(seed)
+    best = -np.inf
+    for _ in range(starts):
+        p0 = rng.standard_normal(n_params)
+        res = minimize(lambda p: -objective(p), p0, method="L-BFGS-B", options={"maxiter": 200})
+        best = max(best, objective(res.x), objective(p0))
+    return best
+
+
+@pytest.mark.parametrize("variant", ["softmax", "l2"])
+@pytest.mark.parametrize("d,r", [(2, 1), (3, 1), (3, 2)])
+def test_adversarial_lyapunov_never_increases(variant, d, r):
+    """Claim 3.6: with V SPD and K = -Q, d/dt tr(V^-1 S) <= 0. Maximise it, normalised by
+    norm(V^-1) norm(Q)^2 norm(S)^2 (the scale of the right-hand side), over S, Q, V."""
+
+    def objective(p):
+        S, Q, V = _unpack(p, d, r)
+        rhs = pde.covariance_rhs(S, Q=Q, K=-Q, V=V, variant=variant)
+        Vi = np.linalg.inv(V)
+        scale = np.linalg.norm(Vi) * np.linalg.norm(V) * np.linalg.norm(Q) ** 2 * np.linalg.norm(S) ** 2
+        return float(np.trace(Vi @ rhs) / scale)
+
+    best = _adversarial_max(objective, 2 * d * d + r * d)
+    assert best <= 1e-10, f"tr(V^-1 S) increases: normalised rate {best:.3e}"
+
+
+@pytest.mark.parametrize("variant", ["softmax", "l2"])
+def test_adversarial_lyapunov_search_finds_an_increase_without_spd_v(variant):
+    """Positive control of the search above: with a V that is not symmetric, tr(V^-1 S) can
+    grow, and the same optimiser, with the same normalisation, must find it."""
+    d, r = 3, 1
+
+    def objective(p):
+        S, Q, V = _unpack(p, d, r)
+        V = V + np.triu(np.ones((d, d)), 1) * 3.0  # the SPD V plus a non-symmetric part
+        rhs = pde.covariance_rhs(S, Q=Q, K=-Q, V=V, variant=variant)
+        Vi = np.linalg.inv(V)
+        scale = np.linalg.norm(Vi) * np.linalg.norm(V) * np.linalg.norm(Q) ** 2 * np.linalg.norm(S) ** 2
+        return float(np.trace(Vi @ rhs) / scale)
+
+    assert _adversarial_max(objective, 2 * d * d + r * d, starts=3) > 1e-3
+
+
+def _gradient_case(p, d):
+    """S (SPD), Q, K (d, d) and V = Q^T K in this module's convention (A = K^T Q, V = A^T)."""
+    L = p[: d * d].reshape(d, d)
+    Q = p[d * d: 2 * d * d].reshape(d, d)
+    K = p[2 * d * d:].reshape(d, d)
+    return L @ L.T + 1e-9 * np.eye(d), Q, K, Q.T @ K
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_adversarial_gradient_case_trace_and_volume_grow(d):
+    """V = Q^T K makes B = V S A = Q^T K S K^T Q symmetric PSD, so d/dt tr S = 2 tr(BS)
+    = 2 norm(S^1/2 A S^1/2)_F^2 >= 0 and d/dt log det S = 2 tr B >= 0. Minimise both
+    (normalised) over S, Q, K."""
+
+    def neg_growth(p, which):
+        S, Q, K, V = _gradient_case(p, d)
+        rhs = pde.covariance_rhs(S, Q=Q, K=K, V=V)
+        scale = np.linalg.norm(Q) ** 2 * np.linalg.norm(K) ** 2 * np.linalg.norm(S) ** 2
+        if which == "trace":
+            return float(-np.trace(rhs) / (scale * np.linalg.norm(S)))
+        return float(-np.trace(np.linalg.solve(S, rhs)) / scale)
+
+    for which in ("trace", "logdet"):
+        worst = _adversarial_max(lambda p, w=which: neg_growth(p, w), 3 * d * d)
+        assert worst <= 1e-10, f"{which} decreases when V = Q^T K: {worst:.3e}"
+
+
+def test_adversarial_gradient_case_covariance_does_not_grow_in_every_direction():
+    """The stronger reading, S(t) increasing in the Loewner order (dS/dt PSD), is false:
+    the search finds a direction v with v^T (dS/dt) v < 0 although B is PSD."""
+    d = 2
+
+    def violation(p):
+        S, Q, K, V = _gradient_case(p, d)
+        rhs = pde.covariance_rhs(S, Q=Q, K=K, V=V)
+        scale = np.linalg.norm(Q) ** 2 * np.linalg.norm(K) ** 2 * np.linalg.norm(S) ** 3
+        return float(-np.linalg.eigvalsh(rhs)[0] / scale)
+
+    assert _adversarial_max(violation, 3 * d * d, starts=4) > 1e-3
