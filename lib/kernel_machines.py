@@ -56,6 +56,7 @@ __all__ = [
     "positive_random_features",
     "random_feature_kernel",
     "rank_curve",
+    "rank_profile",
     "span_residual",
     "symmetric_part_eigvals",
     "taylor_feature_dim",
@@ -379,6 +380,53 @@ def rank_curve(kernel, q: Tensor, k: Tensor, sizes, *, rtol: float = 1e-10) -> l
         raise ValueError(f"largest size {max(sizes)} exceeds the number of points {min(q.shape[-2], k.shape[-2])}")
     G = kernel.gram(q[..., : max(sizes), :], k[..., : max(sizes), :])
     return [numerical_rank(G[..., :n, :n], rtol=rtol) for n in sizes]
+
+
+def rank_profile(kernel, q: Tensor, k: Tensor, sizes, *, rtol: float = 1e-10,
+                 fixed_at: int | None = None) -> dict[str, list[int]]:
+    r"""Three numerical ranks of the :math:`n\times n` Gram matrices :math:`K_n=[\kappa(q_i,k_j)]_{i,j<n}`.
+
+    * ``"relative"``: singular values of :math:`K_n` above ``rtol`` times its largest
+      (:func:`rank_curve`). One large entry of :math:`K_n` (a large logit) raises
+      :math:`\sigma_{\max}` and with it the threshold, so this rank can *fall* as :math:`n` grows.
+    * ``"row_normalised"``: the same rule applied to the attention matrix
+      :math:`A_n = \operatorname{diag}(K_n\mathbf 1)^{-1}K_n` (same exact rank as :math:`K_n`); its
+      rows sum to one, so :math:`1\le\sigma_{\max}(A_n)\le\sqrt n` whatever the entries.
+    * ``"fixed"``: singular values of :math:`K_n` above one threshold
+      :math:`\tau=\mathrm{rtol}\,\sigma_{\max}(K_{n_0})`, :math:`n_0` = ``fixed_at`` (default the
+      second largest size), the same for every :math:`n`; by interlacing
+      (:math:`\sigma_i(K_n)\le\sigma_i(K_{n'})` for :math:`n\le n'`) this rank never falls with :math:`n`.
+
+    A kernel with :math:`D` features has exact rank at most :math:`\min(n, D)` in all three.
+    ``q``, ``k`` ``(N, d)``; ``kernel`` a :class:`lib.kernels.Kernel` whose Gram rows sum to a
+    positive number (a positive kernel). Chapter 4, claim 4.2e.
+    """
+    q = C.float_tensor(q, "q", min_dim=2)
+    k = C.float_tensor(k, "k", min_dim=2)
+    rtol = C.positive(rtol, "rtol")
+    sizes = [C.positive_int(n, "size") for n in sizes]
+    if not sizes:
+        raise ValueError("sizes is empty")
+    if max(sizes) > min(q.shape[-2], k.shape[-2]):
+        raise ValueError(f"largest size {max(sizes)} exceeds the number of points {min(q.shape[-2], k.shape[-2])}")
+    n0 = sorted(sizes)[-2] if fixed_at is None and len(sizes) > 1 else (fixed_at or sizes[0])
+    n0 = C.positive_int(n0, "fixed_at")
+    if n0 > max(sizes):
+        raise ValueError(f"fixed_at={n0} exceeds the largest size {max(sizes)}")
+    G = kernel.gram(q[..., : max(sizes), :], k[..., : max(sizes), :])
+    tau = rtol * float(torch.linalg.svdvals(G[:n0, :n0]).max())
+    out: dict[str, list[int]] = {"relative": [], "row_normalised": [], "fixed": []}
+    for n in sizes:
+        Kn = G[:n, :n]
+        rows = Kn.sum(-1, keepdim=True)
+        if not bool((rows > 0).all()):
+            raise ValueError("row sums of the Gram matrix must be positive to row-normalise it")
+        sv = torch.linalg.svdvals(Kn)
+        sa = torch.linalg.svdvals(Kn / rows)
+        out["relative"].append(int((sv > rtol * sv.max()).sum()))
+        out["row_normalised"].append(int((sa > rtol * sa.max()).sum()))
+        out["fixed"].append(int((sv > tau).sum()))
+    return out
 
 
 def mercer_diagnostics(x: Tensor, W_Q: Tensor, W_K: Tensor) -> dict[str, float]:

@@ -55,15 +55,18 @@ __all__ = [
     "ToyTranslation",
     "TrainResult",
     "associative_recall",
+    "best_retrieval_mass",
     "corpus_bleu",
     "exact_match",
     "group_gap",
     "kernel_suite",
     "make_task",
     "paired_gaps",
+    "retrieval_mass",
     "reversal",
     "token_accuracy",
     "train_task",
+    "validation_accuracy_at",
 ]
 
 
@@ -519,6 +522,23 @@ def train_task(task: str, kernel: Kernel, *, seed: int, steps: int = 300, batch:
                        steps=len(losses), best_step=best_step, stop=stop, val_curve=curve)
 
 
+def validation_accuracy_at(result: TrainResult, step: int) -> float:
+    r"""Validation token accuracy of a run trained to convergence, read at a fixed budget ``step``.
+
+    The value at the last evaluation at or before ``step`` (:attr:`TrainResult.val_curve`); a run
+    that stopped earlier keeps its last evaluation (1.0 for a ``"solved"`` run): the fixed-budget
+    reading of the same learning curve. Raises if the run has no evaluation at or before ``step``
+    (``step`` below the evaluation interval, or a run without early stopping). Chapter 4, 4.5.
+    """
+    if not isinstance(result, TrainResult):
+        raise TypeError(f"result must be a TrainResult, got {type(result).__name__}")
+    step = C.positive_int(step, "step")
+    seen = [acc for s, _, acc in result.val_curve if s <= step]
+    if not seen:
+        raise ValueError(f"no validation evaluation at or before step {step} in this run")
+    return float(seen[-1])
+
+
 def kernel_suite(d_head: int, *, taylor_degrees=(2, 4), rf_dims=(8, 32, 128, 512), seed: int = 0) -> dict:
     r"""The kernels of the substitution experiment, as ``name -> (kernel, feature_dim, group)``.
 
@@ -615,3 +635,52 @@ def paired_gaps(scores: dict[str, list[float]], group_a: list[str], group_b: lis
     b = torch.tensor([scores[k] for k in group_b], dtype=torch.float64).mean(0)
     return (a - b).tolist()
 
+
+
+# --------------------------------------------------------------------------------------------
+# Retrieval over many tokens: where a finite feature dimension must show (n >> D)
+# --------------------------------------------------------------------------------------------
+
+def retrieval_mass(kernel: Kernel, keys: Tensor, *, queries: Tensor | None = None) -> float:
+    r"""Mean attention weight on the matching key, :math:`\operatorname{tr}(A)/n`.
+
+    .. math:: A_{ij} = \frac{\kappa(q_i, k_j)}{\sum_l \kappa(q_i, k_l)},\qquad
+              \text{mass} = \frac1n\sum_i A_{ii},
+
+    with ``keys`` :math:`k_j` ``(n, d)`` and ``queries`` :math:`q_i` ``(n, d)`` (default: the keys
+    themselves, so query :math:`i` must single out key :math:`i` among :math:`n` by content).
+    :math:`A` is computed by :func:`lib.kernels.kernel_attention` with the identity as values.
+
+    **Bound for finite kernels.** A positive kernel with :math:`D` features gives :math:`A` with
+    non-negative entries, rows summing to one and rank at most :math:`D`; its eigenvalues lie in the
+    unit disc and at most :math:`D` are non-zero, so :math:`\operatorname{tr}A\le D` and the mass is
+    at most :math:`D/n`, at every sharpness of the kernel. An infinite-dimensional kernel (the
+    exponentiated dot product at growing inverse temperature, RBF, Laplacian) reaches mass 1 on
+    distinct keys. This is the task of chapter 4 (4.5g) on which a feature dimension below the
+    number of attended tokens must show; chapter 6 points to it.
+    """
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a lib.kernels.Kernel, got {type(kernel).__name__}")
+    k = C.float_tensor(keys, "keys", min_dim=2)
+    if k.dim() != 2:
+        raise ValueError(f"keys must be (n, d), got {tuple(k.shape)}")
+    q = k if queries is None else C.float_tensor(queries, "queries", min_dim=2)
+    if q.shape != k.shape:
+        raise ValueError(f"queries {tuple(q.shape)} and keys {tuple(k.shape)} must have the same shape")
+    n = k.shape[0]
+    eye = torch.eye(n, dtype=k.dtype, device=k.device)
+    A = kernel_attention(q[None], k[None], eye[None], kernel)[0]
+    return float(torch.diagonal(A).mean())
+
+
+def best_retrieval_mass(make_kernel, keys: Tensor, betas, *, queries: Tensor | None = None) -> float:
+    r"""Largest :func:`retrieval_mass` over a grid of sharpness values :math:`\beta`.
+
+    ``make_kernel(beta) -> Kernel`` builds the kernel at sharpness ``beta`` (inverse temperature,
+    bandwidth or feature scale), so each kernel is scored at its own best scale: the measurement is
+    of what the kernel *can* do on these tokens, not of one scale. Chapter 4 (4.5g).
+    """
+    betas = [C.positive(b, "beta") for b in betas]
+    if not betas:
+        raise ValueError("betas is empty")
+    return max(retrieval_mass(make_kernel(b), keys, queries=queries) for b in betas)

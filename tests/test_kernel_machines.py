@@ -295,6 +295,40 @@ def test_rank_curve_saturates_for_finite_kernels_and_grows_for_exp():
         km.rank_curve(ExpDot(), q, k, [])
 
 
+def test_rank_profile_against_numpy_and_under_one_large_entry():
+    q, k = 1.5 * _rand(120, 3, seed=41), 1.5 * _rand(120, 3, seed=42)
+    sizes = [30, 60, 120]
+    prof = km.rank_profile(ExpDot(), q, k, sizes)
+    G = ExpDot().gram(q, k).numpy()
+    # independent reference: numpy's SVD, thresholds written out
+    tau = 1e-10 * np.linalg.svd(G[:60, :60], compute_uv=False).max()
+    for i, n in enumerate(sizes):
+        sv = np.linalg.svd(G[:n, :n], compute_uv=False)
+        A = G[:n, :n] / G[:n, :n].sum(1, keepdims=True)
+        sa = np.linalg.svd(A, compute_uv=False)
+        assert prof["relative"][i] == int((sv > 1e-10 * sv.max()).sum())
+        assert prof["row_normalised"][i] == int((sa > 1e-10 * sa.max()).sum())
+        assert prof["fixed"][i] == int((sv > tau).sum())
+    assert prof["relative"] == km.rank_curve(ExpDot(), q, k, sizes)
+    # the fixed threshold never lets the rank fall (interlacing)
+    assert all(b >= a for a, b in zip(prof["fixed"], prof["fixed"][1:]))
+    # a finite kernel stays at its feature dimension in every variant
+    t4 = km.rank_profile(km.taylor_kernel(4), q, k, sizes)
+    for v in t4.values():
+        assert v == [min(n, math.comb(7, 3)) for n in sizes]
+    # one point with a huge norm (one large logit) in the last block: the relative rank of the
+    # largest matrix drops, the row-normalised one does not
+    q2 = q.clone()
+    q2[100] = 12.0 * k[110] / k[110].norm()
+    big = km.rank_profile(ExpDot(), q2, k, sizes)
+    assert big["relative"][-1] < prof["relative"][-1]
+    assert big["row_normalised"][-1] >= prof["row_normalised"][-1] - 1
+    with pytest.raises(ValueError, match="exceeds"):
+        km.rank_profile(ExpDot(), q, k, [30], fixed_at=60)
+    with pytest.raises(ValueError, match="positive"):
+        km.rank_profile(Polynomial(1, c=0.0), q, k, [30])
+
+
 def test_mercer_diagnostics():
     X = _rand(25, 4, seed=38)
     WQ, WK = _rand(4, 4, seed=39), _rand(4, 4, seed=40)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lib import kernel_transformer as kt
-from lib.kernels import ExpDot, Polynomial
+from lib.kernels import ExpDot, Polynomial, kernel_attention
 
 
 def _g(seed=0):
@@ -276,3 +276,58 @@ def test_property_paired_gaps_antisymmetric_and_zero_for_equal_groups(rows):
     bwd = kt.paired_gaps(scores, ["b", "c"], ["a"])
     assert fwd == pytest.approx([-x for x in bwd], abs=1e-12)
     assert kt.paired_gaps(scores, ["a", "b"], ["b", "a"]) == pytest.approx([0.0] * 3, abs=1e-12)
+
+
+def test_validation_accuracy_at_reads_the_curve():
+    r = kt.TrainResult(task="recall", kernel="exp", seed=0, token_accuracy=1.0, exact_match=1.0, bleu=1.0,
+                       final_loss=0.0, steps=75, best_step=75, stop="solved",
+                       val_curve=[(25, 1.0, 0.4), (50, 0.5, 0.8), (75, 0.1, 1.0)])
+    assert kt.validation_accuracy_at(r, 25) == 0.4
+    assert kt.validation_accuracy_at(r, 60) == 0.8
+    assert kt.validation_accuracy_at(r, 1000) == 1.0  # stopped solved before the budget
+    with pytest.raises(ValueError, match="no validation"):
+        kt.validation_accuracy_at(r, 10)
+    with pytest.raises(TypeError):
+        kt.validation_accuracy_at({"val_curve": []}, 10)
+
+
+def _elu_at(beta):
+    from lib.kernels import FeatureMapKernel, elu_feature_map
+
+    return FeatureMapKernel(lambda x: elu_feature_map(beta * x), name="elu+1", dim=lambda d: d, positive=True)
+
+
+def test_retrieval_mass_against_brute_force_and_exp_reaches_one():
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    keys = keys / keys.norm(dim=1, keepdim=True)
+    K = torch.exp(2.0 * keys @ keys.T)
+    A = K / K.sum(1, keepdim=True)
+    assert abs(kt.retrieval_mass(ExpDot(scale=2.0), keys) - float(torch.diagonal(A).mean())) < 1e-12
+    assert kt.best_retrieval_mass(lambda b: ExpDot(scale=b), keys, [1.0, 64.0, 1024.0]) > 0.999
+    with pytest.raises(ValueError, match="same shape"):
+        kt.retrieval_mass(ExpDot(), keys, queries=keys[:3])
+    with pytest.raises(ValueError, match="empty"):
+        kt.best_retrieval_mass(lambda b: ExpDot(scale=b), keys, [])
+
+
+@pytest.mark.parametrize("start", [0, 1, 2])
+def test_retrieval_mass_bound_survives_adversarial_keys(start):
+    """Gradient ascent on the keys (and queries) cannot push a D-feature kernel's mass above D/n."""
+    n, d = 16, 4
+    g = torch.Generator().manual_seed(100 + start)
+    keys = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_(True)
+    queries = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_(True)
+    for make, D in ((lambda: _elu_at(3.0), d), (lambda: Polynomial(2, scale=1.0), Polynomial(2).feature_dim(d))):
+        opt = torch.optim.Adam([keys, queries], lr=0.05)
+        best = 0.0
+        for _ in range(100):
+            kern = make()
+            eye = torch.eye(n, dtype=torch.float64)
+            A = kernel_attention(queries[None], keys[None], eye[None], kern)[0]
+            mass = torch.diagonal(A).mean()
+            best = max(best, float(mass))
+            opt.zero_grad()
+            (-mass).backward()
+            opt.step()
+        assert best <= D / n + 1e-9, (kern.name, best, D / n)
