@@ -76,6 +76,7 @@ __all__ = [
     "Vocabulary",
     "bow_baseline",
     "build_vocabulary",
+    "confident_leader_enrichment",
     "confident_leader_words",
     "encode",
     "evaluate",
@@ -91,10 +92,13 @@ __all__ = [
     "split_indices",
     "synthetic_corpus",
     "tokenize",
+    "top_leader_enrichment",
+    "top_scoring_leaders",
     "train_classifier",
     "train_run",
     "train_runs",
     "vader_lexicon_path",
+    "word_presence",
 ]
 
 PAD = "<pad>"
@@ -1412,3 +1416,102 @@ def confident_leader_words(
         sel = stats.leader_mask[r] & (np.abs(sc[r]) > min_score)
         words.update({vocab.words[i] for i in ids[r, sel].tolist()})
     return words
+
+
+def word_presence(ids: Tensor, lengths: Tensor, vocab_size: int) -> np.ndarray:
+    r"""Boolean ``(N, V)``: word ``w`` occurs among the first ``lengths[r]`` tokens of review ``r``
+    (the pad index 0 never counts). Vectorised (one scatter), so that per-review rates of word
+    classes cost one matrix product."""
+    C.positive_int(vocab_size, "vocab_size")
+    ids_np, lens = np.asarray(ids), np.asarray(lengths)
+    if ids_np.ndim != 2 or lens.shape != (ids_np.shape[0],):
+        raise ValueError(f"ids must be (N, n) and lengths (N,), got {ids_np.shape} and {lens.shape}")
+    real = np.arange(ids_np.shape[1])[None, :] < lens[:, None]
+    out = np.zeros((ids_np.shape[0], vocab_size), dtype=bool)
+    rows = np.broadcast_to(np.arange(ids_np.shape[0])[:, None], ids_np.shape)
+    out[rows[real], ids_np[real]] = True
+    out[:, 0] = False
+    return out
+
+
+def top_scoring_leaders(
+    model: HardmaxClassifier, stats: LeaderStats, ids: Tensor
+) -> np.ndarray:
+    r"""Per review, the vocabulary index of the final leader whose decoder score
+    :math:`v\cdot z+b` points furthest towards the model's own prediction (the leader that speaks
+    loudest for the decision), or ``-1`` for a review without leaders. ``(N,)`` int."""
+    sc = model.score(torch.as_tensor(stats.final_tokens)).detach().numpy()
+    sign = np.where(stats.probability >= 0.5, 1.0, -1.0)[:, None]
+    signed = np.where(stats.leader_mask, sc * sign, -np.inf)
+    pos = signed.argmax(axis=1)
+    ids_np = np.asarray(ids)
+    top = ids_np[np.arange(len(pos)), pos]
+    return np.where(stats.leader_mask.any(axis=1), top, -1)
+
+
+def top_leader_enrichment(
+    top: np.ndarray, presence: np.ndarray, is_class: np.ndarray, select: np.ndarray | None = None
+) -> dict[str, float]:
+    r"""How often a review's top-scoring leader belongs to a word class, against the chance of
+    picking one of the review's own distinct words at random (a base rate per review, so word
+    frequency and review composition are corrected for).
+
+    ``top`` ``(N,)`` vocabulary indices (``-1``: no leader, skipped), ``presence`` ``(N, V)`` from
+    :func:`word_presence`, ``is_class`` ``(V,)`` boolean, ``select`` an optional ``(N,)`` mask of
+    reviews. Returns ``hit`` (share of top leaders in the class), ``base`` (mean over the same
+    reviews of the class's share of their distinct words), ``enrichment`` = hit / base, and ``n``
+    (reviews used). NaN when no review qualifies or the base rate is 0.
+    """
+    top, is_class = np.asarray(top), np.asarray(is_class, dtype=bool)
+    if presence.shape != (len(top), len(is_class)):
+        raise ValueError(f"presence must be (N, V) = ({len(top)}, {len(is_class)}), got {presence.shape}")
+    use = top >= 0
+    if select is not None:
+        use &= np.asarray(select, dtype=bool)
+    n = int(use.sum())
+    if n == 0:
+        return {"hit": math.nan, "base": math.nan, "enrichment": math.nan, "n": 0}
+    pres = presence[use]
+    base = float(np.mean((pres & is_class).sum(1) / np.maximum(pres.sum(1), 1)))
+    hit = float(np.mean(is_class[top[use]]))
+    return {"hit": hit, "base": base, "enrichment": hit / base if base > 0 else math.nan, "n": n}
+
+
+def confident_leader_enrichment(
+    model: HardmaxClassifier,
+    stats: LeaderStats,
+    ids: Tensor,
+    y: Tensor,
+    presence: np.ndarray,
+    is_class: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    min_score: float = 2.0,
+) -> dict[str, float]:
+    r"""The leader histogram's filter (:func:`confident_leader_words`: confidently correct
+    reviews, final leaders with :math:`|v\cdot z+b|>` ``min_score``, one count per review and
+    word), scored against a frequency-corrected base rate: the class's share of the distinct words
+    *of the same confident reviews*. Returns ``hit`` (class share of the leader words), ``base``,
+    ``enrichment`` = hit / base, ``n_reviews`` (confident reviews) and ``n_words`` (leader words
+    counted). NaN when no review is confident (the record then says so) or none of them has such
+    a leader.
+    """
+    p = stats.probability
+    yy = np.asarray(y).astype(int)
+    conf = np.where(yy == 1, p, 1 - p) >= confidence
+    is_class = np.asarray(is_class, dtype=bool)
+    sc = model.score(torch.as_tensor(stats.final_tokens)).detach().numpy()
+    sel = stats.leader_mask & (np.abs(sc) > min_score) & conf[:, None]
+    lead = np.zeros_like(presence)
+    ids_np = np.asarray(ids)
+    rows = np.broadcast_to(np.arange(ids_np.shape[0])[:, None], ids_np.shape)
+    lead[rows[sel], ids_np[sel]] = True
+    n_words = int(lead.sum())
+    n_rev = int(conf.sum())
+    if n_rev == 0 or n_words == 0:
+        return {"hit": math.nan, "base": math.nan, "enrichment": math.nan, "n_reviews": n_rev, "n_words": n_words}
+    hit = float((lead & is_class).sum() / n_words)
+    pres = presence[conf]
+    base = float((pres & is_class).sum() / max(1, pres.sum()))
+    return {"hit": hit, "base": base, "enrichment": hit / base if base > 0 else math.nan,
+            "n_reviews": n_rev, "n_words": n_words}

@@ -600,3 +600,105 @@ def test_train_runs_bad_input():
     ):
         with pytest.raises(TypeError, match="jobs"):
             train_runs(bad, workers=1)
+
+
+def _hand_model():
+    from lib.sentiment import Vocabulary
+
+    vocab = Vocabulary(["<pad>", "good", "bad", "plot", "actor"])
+    m = HardmaxClassifier(5, 2, depth=8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.embedding.weight.copy_(
+            torch.tensor([[0.0, 0.0], [5.0, 0.0], [-12.0, 0.0], [0.3, 0.2], [0.1, -0.2]])
+        )
+        m.decoder.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        m.decoder.bias.zero_()
+    ids = torch.tensor([[1, 3, 4, 3, 0], [2, 4, 3, 0, 0]])
+    lens = torch.tensor([4, 3])
+    return vocab, m, ids, lens
+
+
+def test_load_imdb_csv(tmp_path):
+    """The IMDb loader on a small file in the Kaggle format (the format BOOK_IMDB_CSV points at)."""
+    from lib.sentiment import load_imdb_csv
+
+    p = tmp_path / "IMDB Dataset.csv"
+    p.write_text(
+        'review,sentiment\n"A great, great film.<br /><br />Loved it",positive\n'
+        '"Dull, and the plot, bad",negative\n"Quite ""good"" acting",Positive\n',
+        encoding="utf-8",
+    )
+    texts, y = load_imdb_csv(p)
+    assert texts[0] == "A great, great film.<br /><br />Loved it" and texts[2] == 'Quite "good" acting'
+    assert y.tolist() == [1, 0, 1] and y.dtype == np.int64
+    ds = prepare_dataset(texts * 4, np.tile(y, 4), protocol=get_protocol("authors"))
+    assert ds.train_ids.shape[1] == 128 and "great" in ds.vocab.index and "br" not in ds.vocab.index
+    with pytest.raises(FileNotFoundError):
+        load_imdb_csv(tmp_path / "absent.csv")
+
+
+def test_word_presence_brute_force():
+    from lib.sentiment import word_presence
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 9, (20, 7), generator=g)
+    lens = torch.randint(0, 8, (20,), generator=g)
+    pres = word_presence(ids, lens, 9)
+    for r in range(20):
+        want = {int(w) for w in ids[r, : int(lens[r])]} - {0}
+        assert set(np.flatnonzero(pres[r]).tolist()) == want
+    with pytest.raises(ValueError, match="lengths"):
+        word_presence(ids, lens[:3], 9)
+
+
+def test_top_scoring_leaders_and_enrichment_by_hand():
+    from lib.sentiment import (
+        confident_leader_enrichment,
+        top_leader_enrichment,
+        top_scoring_leaders,
+        word_presence,
+    )
+
+    vocab, m, ids, lens = _hand_model()
+    st = leader_statistics(m, ids, lens)
+    top = top_scoring_leaders(m, st, ids)
+    # review 0 is positive and led by "good"; review 1 negative: "bad" speaks loudest for it
+    assert top.tolist() == [vocab.index["good"], vocab.index["bad"]]
+    pres = word_presence(ids, lens, len(vocab))
+    senti = np.array([w in ("good", "bad") for w in vocab.words])
+    e = top_leader_enrichment(top, pres, senti)
+    # base: 1 of 3 distinct words in each review -> 1/3; both top leaders are sentiment words
+    assert e["hit"] == 1.0 and math.isclose(e["base"], 1 / 3) and math.isclose(e["enrichment"], 3.0)
+    none = top_leader_enrichment(top, pres, senti, select=np.array([False, False]))
+    assert none["n"] == 0 and math.isnan(none["enrichment"])
+    c = confident_leader_enrichment(m, st, ids, torch.tensor([1.0, 0.0]), pres, senti)
+    words = confident_leader_words(m, st, ids, torch.tensor([1.0, 0.0]), vocab)
+    assert c["n_words"] == sum(words.values()) == 2 and c["hit"] == 1.0
+    assert math.isclose(c["base"], 2 / 6) and c["n_reviews"] == 2
+    # no confident review (wrong labels): NaN, never a default 0
+    c0 = confident_leader_enrichment(m, st, ids, torch.tensor([0.0, 1.0]), pres, senti)
+    assert c0["n_reviews"] == 0 and math.isnan(c0["enrichment"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_leader_enrichment_brute_force(seed):
+    """hit, base and n against a loop over reviews, on random presence, classes and top words."""
+    from lib.sentiment import top_leader_enrichment, word_presence
+
+    rng = np.random.default_rng(seed)
+    V, N, n = 12, 30, 6
+    ids = torch.as_tensor(rng.integers(0, V, (N, n)))
+    lens = torch.as_tensor(rng.integers(1, n + 1, N))
+    pres = word_presence(ids, lens, V)
+    cls = rng.random(V) < 0.4
+    top = np.where(rng.random(N) < 0.8, rng.integers(0, V, N), -1)
+    sel = rng.random(N) < 0.7
+    out = top_leader_enrichment(top, pres, cls, select=sel)
+    use = [r for r in range(N) if top[r] >= 0 and sel[r]]
+    shares = []
+    for r in use:
+        words = {int(w) for w in ids[r, : int(lens[r])]} - {0}
+        shares.append(sum(cls[w] for w in words) / max(1, len(words)))
+    assert out["n"] == len(use)
+    assert math.isclose(out["base"], float(np.mean(shares)), rel_tol=1e-12)
+    assert math.isclose(out["hit"], float(np.mean([cls[top[r]] for r in use])), rel_tol=1e-12)
