@@ -45,39 +45,43 @@ from .attention import MultiHeadAttention, factored_weights
 Tensor = torch.Tensor
 
 __all__ = [
+    "FactoredAttention",
     "PottsModel",
+    "PseudoLikelihoodPotts",
+    "TrainResult",
+    "VanillaTransformer",
     "chain_couplings",
-    "ring_couplings",
-    "random_colour_couplings",
-    "one_hot",
+    "conditional_entropy",
+    "conditional_entropy_per_sequence",
     "conditional_logits",
-    "log_weight",
+    "contact_precision",
+    "contact_scores",
+    "coupling_correlation",
     "coupling_logits",
+    "empirical_marginals",
     "enumerate_states",
     "exact_log_probs",
     "exact_marginals",
-    "empirical_marginals",
-    "marginal_z",
-    "greedy_colouring",
-    "heat_bath",
-    "pseudo_likelihood_loss",
-    "conditional_entropy",
-    "hamming_fraction",
-    "mask_sites",
-    "mlm_loss",
-    "FactoredAttention",
-    "PseudoLikelihoodPotts",
-    "VanillaTransformer",
     "fit_lbfgs",
     "fit_with_validation",
-    "train_vanilla",
-    "train_mlm",
-    "TrainResult",
+    "greedy_colouring",
+    "hamming_fraction",
+    "heat_bath",
+    "log_weight",
+    "marginal_z",
+    "mask_sites",
     "masked_logits",
     "masked_site_loss",
-    "zero_sum_gauge",
+    "mlm_loss",
+    "one_hot",
+    "pseudo_likelihood_loss",
+    "random_colour_couplings",
+    "ring_couplings",
     "symmetrize_couplings",
-    "coupling_correlation",
+    "train_mlm",
+    "train_mlm_select_lr",
+    "train_vanilla",
+    "zero_sum_gauge",
 ]
 
 
@@ -482,6 +486,17 @@ def conditional_entropy(model: PottsModel, s: Tensor) -> Tensor:
     return pseudo_likelihood_loss(conditional_logits(model, s), s)
 
 
+def conditional_entropy_per_sequence(model: PottsModel, s: Tensor) -> Tensor:
+    r"""Per-sequence conditional cross-entropy :math:`-\frac1L\sum_i\log P(s^n_i\mid s^n_{\setminus i})`, ``(N,)``.
+
+    Its mean is :func:`conditional_entropy`; its spread over independent sequences gives the
+    standard error of that mean (an equilibration statistic in chapter 2, check 2.1b).
+    """
+    s = _states(s, "s", model.C)
+    lp = torch.log_softmax(conditional_logits(model, s), dim=-1)
+    return -lp.gather(2, s.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+
+
 def hamming_fraction(s: Tensor) -> float:
     r"""Mean pairwise Hamming distance / L over all distinct pairs of sequences (exact, from counts)."""
     s = _states(s, "s")
@@ -557,7 +572,7 @@ class FactoredAttention(nn.Module):
     """
 
     def __init__(self, L: int, C_: int, *, n_heads: int = 1, attention: str = "free", fields: bool = True,
-                 init_scale: float = 0.1, generator: torch.Generator | None = None,
+                 init_scale: float = 0.1, window: int | None = None, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         C.positive_int(L, "L")
@@ -566,15 +581,24 @@ class FactoredAttention(nn.Module):
         C.positive(init_scale, "init_scale")
         if attention not in ("free", "softmax"):
             raise ValueError(f"attention must be 'free' or 'softmax', got {attention!r}")
+        if window is not None:
+            C.positive_int(window, "window")
+            if attention != "free":
+                raise ValueError("window is supported with attention='free' only")
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.L, self.C, self.attention = L, C_, attention
+        self.L, self.C, self.attention, self.window = L, C_, attention, window
         self.a = nn.Parameter(init_scale * torch.randn(n_heads, L, L, generator=g, dtype=dtype))
         self.V = nn.Parameter(init_scale * torch.randn(n_heads, C_, C_, generator=g, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(L, C_, dtype=dtype), requires_grad=fields)
+        idx = torch.arange(L)
+        band = (idx[:, None] - idx[None, :]).abs() <= (L if window is None else window)
+        self.register_buffer("band", band.to(dtype))
 
     def weights(self) -> Tensor:
-        """Attention weights :math:`A^h_{ij}`, ``(H, L, L)``, diagonal zero."""
-        return factored_weights(self.a, normalize="softmax" if self.attention == "softmax" else "none")
+        r"""Attention weights :math:`A^h_{ij}`, ``(H, L, L)``, diagonal zero (and zero outside the
+        window :math:`|i-j|\le` ``window`` when one is set: a misspecified, local attention)."""
+        A = factored_weights(self.a, normalize="softmax" if self.attention == "softmax" else "none")
+        return A if self.window is None else A * self.band
 
     def forward(self, X: Tensor) -> Tensor:
         """Logits ``(N, L, C)`` from one-hot (or masked one-hot) sequences ``X`` ``(N, L, C)``."""
@@ -589,7 +613,8 @@ class FactoredAttention(nn.Module):
 
     def penalty(self) -> Tensor:
         """Squared norm of the attention parameters and of V (for l2 regularisation)."""
-        return (self.a**2).sum() + (self.V**2).sum()
+        a = self.a if self.window is None else self.a * self.band
+        return (a**2).sum() + (self.V**2).sum()
 
     def couplings(self) -> Tensor:
         r"""Effective couplings :math:`W_{ij}(a,b) = \sum_h A^h_{ij}V^h_{ab}`, ``(L, C, L, C)``."""
@@ -834,8 +859,10 @@ class TrainResult:
     """Outcome of :func:`train_mlm`.
 
     ``val_loss``: the best validation loss (restored into the model); ``best_step``: the step it
-    was reached at; ``steps``: steps taken; ``converged``: ``True`` when early stopping ended the
-    run before ``max_steps``; ``history``: ``(step, validation loss)`` at every evaluation.
+    was reached at; ``steps``: steps taken; ``converged``: ``True`` when the run ended on a
+    validation plateau at its final learning rate (after all ``lr_drops``) before ``max_steps``;
+    ``history``: ``(step, validation loss)`` at every evaluation; ``drops``: learning-rate drops
+    taken; ``lr``: the peak learning rate.
     """
 
     val_loss: float
@@ -843,22 +870,31 @@ class TrainResult:
     steps: int
     converged: bool
     history: tuple[tuple[int, float], ...]
+    drops: int = 0
+    lr: float = 0.0
 
 
 def train_mlm(model: nn.Module, s_train: Tensor, s_val: Tensor, *, generator: torch.Generator,
               lr: float = 3e-3, batch_size: int = 256, max_steps: int = 3000, eval_every: int = 50,
               patience: int = 5, min_delta: float = 1e-4, weight_decay: float = 0.0,
+              warmup: int = 0, lr_drops: int = 0, drop_factor: float = 0.1,
               desc: str | None = None) -> TrainResult:
-    r"""Train any MLM learner by one protocol: AdamW on random (sequence, site) pairs, early stopping.
+    r"""Train any MLM learner by one protocol: AdamW on random (sequence, site) pairs, drop on plateau.
 
     Each step draws ``batch_size`` pairs :math:`(n, i)` uniformly from the :math:`ML` pairs of
     ``s_train`` ``(M, L)``, masks site :math:`i` of sequence :math:`n` and minimises the mean
     cross-entropy of :func:`masked_logits` (the one-masked-site MLM loss, i.e. pseudo-likelihood)
-    with AdamW at a constant learning rate ``lr``. Every ``eval_every`` steps the full validation
-    loss :func:`masked_site_loss` on ``s_val`` is computed; the run stops when it has not improved
-    by ``min_delta`` for ``patience`` evaluations, or after ``max_steps``, and the best parameters
-    are restored. Deterministic given ``generator`` (which draws the pairs; its device is used).
+    with AdamW. The learning rate rises linearly from ``lr/warmup`` to ``lr`` over the first
+    ``warmup`` steps. Every ``eval_every`` steps the full validation loss
+    :func:`masked_site_loss` on ``s_val`` is computed. A *plateau* is ``patience`` evaluations
+    without an improvement of ``min_delta``: on a plateau the best parameters are restored and
+    the learning rate is multiplied by ``drop_factor``, up to ``lr_drops`` times; a plateau at the
+    last learning rate ends the run (``converged=True``: no improvement of ``min_delta`` over
+    ``patience`` evaluations at the smallest learning rate). The run also ends after ``max_steps``
+    (``converged=False``). The best parameters are restored at the end. Deterministic given
+    ``generator`` (which draws the pairs; its device is used).
 
+    With ``lr_drops=0`` and ``warmup=0`` this is constant-rate AdamW with early stopping.
     Chapter 2 trains the factored layer and vanilla transformers of every depth with it (claim 2.5).
     ``desc`` labels a progress bar (``None``: no bar).
     """
@@ -868,6 +904,11 @@ def train_mlm(model: nn.Module, s_train: Tensor, s_val: Tensor, *, generator: to
         C.positive_int(v, name)
     C.nonneg(min_delta, "min_delta")
     C.nonneg(weight_decay, "weight_decay")
+    for v, name in ((warmup, "warmup"), (lr_drops, "lr_drops")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    if not (0.0 < float(drop_factor) < 1.0):
+        raise ValueError(f"drop_factor must lie in (0, 1), got {drop_factor!r}")
     if not isinstance(generator, torch.Generator):
         raise TypeError("generator must be a torch.Generator")
     s_train = _states(s_train, "s_train")
@@ -888,12 +929,14 @@ def train_mlm(model: nn.Module, s_train: Tensor, s_val: Tensor, *, generator: to
 
         bar = progress(range(max_steps), desc=desc)
         it = iter(bar)
-    step = 0
+    step, drops, rate = 0, 0, float(lr)
     converged = False
     while step < max_steps:
         step += 1
         if bar is not None:
             next(it, None)
+        for grp in opt.param_groups:
+            grp["lr"] = rate * min(1.0, step / warmup) if warmup else rate
         n = torch.randint(M, (batch_size,), generator=generator, device=dev)
         i = torch.randint(L, (batch_size,), generator=generator, device=dev)
         loss = F.cross_entropy(masked_logits(model, s_train[n], i), s_train[n, i])
@@ -909,12 +952,40 @@ def train_mlm(model: nn.Module, s_train: Tensor, s_val: Tensor, *, generator: to
             else:
                 bad += 1
                 if bad >= patience:
-                    converged = True
-                    break
+                    if drops >= lr_drops:
+                        converged = True
+                        break
+                    drops, bad, rate = drops + 1, 0, rate * float(drop_factor)
+                    model.load_state_dict(best_state)
     if bar is not None:
         bar.close()
     model.load_state_dict(best_state)
-    return TrainResult(float(best), best_step, step, converged, tuple(history))
+    return TrainResult(float(best), best_step, step, converged, tuple(history), drops, float(lr))
+
+
+def train_mlm_select_lr(make_model, s_train: Tensor, s_val: Tensor, *, lrs: Sequence[float],
+                        seed: int, device: torch.device | str | None = None,
+                        **protocol) -> tuple[nn.Module, TrainResult, dict[float, float]]:
+    r"""Train ``make_model()`` by :func:`train_mlm` at each peak learning rate of ``lrs``; keep the best on validation.
+
+    Every run starts from the same initialisation (a fresh ``make_model()``) and draws its
+    batches from ``torch.Generator(device).manual_seed(seed)``; ``protocol`` goes to
+    :func:`train_mlm`. Returns ``(best model, its TrainResult, {lr: best validation loss})``.
+    The test set plays no part in the choice.
+    """
+    if not lrs:
+        raise ValueError("lrs must not be empty")
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    best, scores = None, {}
+    for lr in lrs:
+        model = make_model().to(dev)
+        res = train_mlm(model, s_train, s_val, generator=torch.Generator(device=dev).manual_seed(seed),
+                        lr=lr, **protocol)
+        scores[float(lr)] = res.val_loss
+        if best is None or res.val_loss < best[1].val_loss:
+            best = (model, res)
+    assert best is not None
+    return best[0], best[1], scores
 
 
 def train_vanilla(model: VanillaTransformer, s_train: Tensor, *, steps: int, batch_size: int = 256,
@@ -989,3 +1060,42 @@ def coupling_correlation(W_est: Tensor, W_true: Tensor) -> float:
     y = b[iu[0], :, iu[1], :].reshape(-1).double()
     x, y = x - x.mean(), y - y.mean()
     return float((x @ y) / (x.norm() * y.norm()))
+
+
+def contact_scores(W: Tensor) -> Tensor:
+    r"""DCA contact scores: APC-corrected Frobenius norms of the gauged couplings, ``(L, L)``.
+
+    :math:`F_{ij} = \big(\sum_{a,b}\tilde W_{ij}(a,b)^2\big)^{1/2}` of the zero-sum-gauged,
+    symmetrised couplings :math:`\tilde W` (:func:`zero_sum_gauge`, :func:`symmetrize_couplings`),
+    then the average product correction
+    :math:`F^\mathrm{APC}_{ij} = F_{ij} - \bar F_{i\cdot}\bar F_{\cdot j}/\bar F_{\cdot\cdot}`, means
+    over :math:`j\neq i` (Ekeberg et al. 2013; Dunn et al. 2008). Symmetric, zero diagonal.
+    ``W`` is ``(L, C, L, C)``.
+    """
+    Wt = symmetrize_couplings(zero_sum_gauge(W))
+    L = Wt.shape[0]
+    off = ~torch.eye(L, dtype=torch.bool, device=Wt.device)
+    F_ = (Wt**2).sum(dim=(1, 3)).sqrt() * off
+    row = F_.sum(1) / (L - 1)
+    total = F_.sum() / (L * (L - 1))
+    apc = F_ - row[:, None] * row[None, :] / total
+    return apc * off
+
+
+def contact_precision(scores: Tensor, J: Tensor, k: int | None = None) -> float:
+    r"""Fraction of the ``k`` top-scoring pairs :math:`i<j` that are contacts (:math:`J_{ij}\neq0`).
+
+    ``k`` defaults to the number of contacts, so a perfect ranking scores 1. Ties are broken by
+    pair order (``torch.topk``).
+    """
+    scores = C.float_tensor(scores, "scores", min_dim=2)
+    J = C.float_tensor(J, "J", min_dim=2)
+    if scores.shape != J.shape or scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores {tuple(scores.shape)} and J {tuple(J.shape)} must be the same (L, L)")
+    L = J.shape[0]
+    iu = torch.triu_indices(L, L, offset=1)
+    contact = (J[iu[0], iu[1]] != 0).cpu()
+    k = int(contact.sum()) if k is None else k
+    C.positive_int(k, "k")
+    top = torch.topk(scores[iu[0], iu[1]].cpu(), k).indices
+    return float(contact[top].double().mean())

@@ -46,17 +46,17 @@ from . import _checks as C
 Tensor = torch.Tensor
 
 __all__ = [
-    "goe",
-    "gaussian_potts_precision",
-    "sample_gaussian",
-    "site_problems",
-    "ridge_kappa",
-    "ridge_generalization_error",
-    "theory_learning_curve",
-    "ridge_fit_all_sites",
-    "site_test_errors",
-    "simulate_learning_curve",
     "LearningCurve",
+    "gaussian_potts_precision",
+    "goe",
+    "ridge_fit_all_sites",
+    "ridge_generalization_error",
+    "ridge_kappa",
+    "sample_gaussian",
+    "simulate_learning_curve",
+    "site_problems",
+    "site_test_errors",
+    "theory_learning_curve",
 ]
 
 
@@ -128,7 +128,7 @@ def ridge_kappa(s: np.ndarray, n: float, lam: float) -> float:
     s = np.asarray(s, dtype=float)
     lam = C.positive(lam, "lam")
     n = C.positive(n, "n")
-    f = lambda k: k - lam - (k / n) * np.sum(s / (s + k))  # noqa: E731
+    f = lambda k: k - lam - (k / n) * np.sum(s / (s + k))
     hi = lam + s.sum() / n + 1e-12
     return float(brentq(f, lam, hi, xtol=1e-15, rtol=1e-13, maxiter=500))
 
@@ -267,7 +267,7 @@ def simulate_learning_curve(K: Tensor, alphas: Sequence[float], lam: float, *, r
     L = K.shape[0]
     means, sems, each = [], [], []
     for a in alphas:
-        n = max(1, int(round(C.positive(float(a), "alpha") * L)))
+        n = max(1, round(C.positive(float(a), "alpha") * L))
         x = torch.stack([sample_gaussian(K, n, generator=generator) for _ in range(repeats)])
         errs = site_test_errors(ridge_fit_all_sites(x, lam), K).mean(-1).numpy()
         each.append(errs)

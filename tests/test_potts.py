@@ -113,7 +113,7 @@ def test_mlm_one_mask_equals_pseudo_likelihood():
     m = small_model(L=5, C=3, fields=False)
     s = torch.randint(3, (40, 5), generator=torch.Generator().manual_seed(7))
     A = factored_weights(m.beta * m.J, normalize="none")
-    layer = lambda X: factored_attention(A, X @ m.U.T)  # noqa: E731
+    layer = lambda X: factored_attention(A, X @ m.U.T)
     reps = s.repeat_interleave(5, dim=0)
     sites = torch.arange(5).repeat(40)
     mlm = P.mlm_loss(layer, reps, sites, 3)
@@ -171,7 +171,7 @@ def test_fit_lbfgs_recovers_teacher_loss_closely():
 def test_fit_with_validation_picks_best_lambda():
     m = small_model(L=4, C=3, seed=5, fields=False)
     s = P.heat_bath(m, 600, 20, generator=torch.Generator().manual_seed(0))[-1]
-    model, lam, scores = P.fit_with_validation(lambda: P.PseudoLikelihoodPotts(4, 3), s[:300], s[300:], 3,
+    _model, lam, scores = P.fit_with_validation(lambda: P.PseudoLikelihoodPotts(4, 3), s[:300], s[300:], 3,
                                                l2_grid=[1e-1, 1e-3], max_iter=50)
     assert lam == min(scores, key=scores.get)
 
@@ -366,3 +366,118 @@ def test_mlm_equals_pseudo_likelihood_for_any_factored_layer(seed, L, C):
     W = A[:, None, :, None] * V[None, :, None, :]
     pl = P.pseudo_likelihood_loss(P.coupling_logits(W, s, h), s)
     assert abs(float(mlm - pl)) < 1e-12
+
+
+def test_heat_bath_block_update_matches_exact_enumeration_on_a_sparse_chain():
+    """A sparse J (a chain with next-nearest and one long link) puts several sites in each
+    independent set, so the block update redraws many sites at once: its one- and two-site
+    marginals must still match exact enumeration (3^8 states) within Monte-Carlo error."""
+    L, C = 8, 3
+    g = torch.Generator().manual_seed(7)
+    J = P.chain_couplings(L, n_long=1, generator=g)
+    classes = P.greedy_colouring(J)
+    assert len(classes) < L and max(c.numel() for c in classes) >= 2  # a real block update
+    for c in classes:  # each class is an independent set
+        assert bool((J[c][:, c] == 0).all())
+    m = P.PottsModel(J, P.random_colour_couplings(C, generator=g), 0.8,
+                     h=0.3 * torch.randn(L, C, generator=g, dtype=torch.float64))
+    n = 40_000
+    s = P.heat_bath(m, n, 40, generator=torch.Generator().manual_seed(8))[-1]
+    p1, p2 = P.exact_marginals(m)
+    q1, q2 = P.empirical_marginals(s, C)
+    iu = torch.triu_indices(L, L, offset=1)
+    z = torch.cat([P.marginal_z(q1, p1, n).flatten(),
+                   P.marginal_z(q2[iu[0], iu[1]], p2[iu[0], iu[1]], n).flatten()])
+    assert z.numel() == L * C + L * (L - 1) // 2 * C * C
+    assert float(z.abs().max()) < 4.5  # P(max |z| > 4.5) ~ 2e-3 under the null for 276 tests
+    # the test has power: a sampler that skips the block update of one class fails it
+    stale = P.heat_bath(m, n, 1, generator=torch.Generator().manual_seed(9))[-1]
+    z_bad = P.marginal_z(P.empirical_marginals(stale, C)[0], p1, n)
+    assert float(z_bad.abs().max()) > 10
+
+
+def test_train_mlm_drops_learning_rate_on_plateau_before_converging():
+    m = small_model(L=5, C=3, fields=True)
+    s = P.heat_bath(m, 700, 30, generator=torch.Generator().manual_seed(25))[-1]
+    tr, va = s[:500], s[500:]
+    fa = P.FactoredAttention(5, 3, generator=torch.Generator().manual_seed(0))
+    res = P.train_mlm(fa, tr, va, generator=torch.Generator().manual_seed(1), lr=0.05, batch_size=64,
+                      max_steps=5000, eval_every=20, patience=3, warmup=40, lr_drops=2)
+    assert res.converged and res.drops == 2 and res.lr == 0.05
+    assert abs(P.masked_site_loss(fa, va) - res.val_loss) < 1e-12
+    # no worse than constant-rate early stopping from the same start
+    fa0 = P.FactoredAttention(5, 3, generator=torch.Generator().manual_seed(0))
+    res0 = P.train_mlm(fa0, tr, va, generator=torch.Generator().manual_seed(1), lr=0.05, batch_size=64,
+                       max_steps=5000, eval_every=20, patience=3)
+    assert res.val_loss <= res0.val_loss + 1e-3 and res.steps > res0.steps
+    with pytest.raises(ValueError, match="drop_factor"):
+        P.train_mlm(fa, tr, va, generator=torch.Generator(), drop_factor=1.5)
+    with pytest.raises(ValueError, match="warmup"):
+        P.train_mlm(fa, tr, va, generator=torch.Generator(), warmup=-1)
+
+
+def test_train_mlm_select_lr_keeps_the_best_validation_run():
+    m = small_model(L=5, C=3, fields=True)
+    s = P.heat_bath(m, 600, 30, generator=torch.Generator().manual_seed(26))[-1]
+    tr, va = s[:400], s[400:]
+    make = lambda: P.FactoredAttention(5, 3, generator=torch.Generator().manual_seed(0))
+    model, res, scores = P.train_mlm_select_lr(make, tr, va, lrs=[1e-4, 0.05], seed=3, batch_size=64,
+                                               max_steps=400, eval_every=20, patience=3)
+    assert set(scores) == {1e-4, 0.05} and res.val_loss == min(scores.values())
+    assert res.lr == 0.05  # a rate of 1e-4 barely moves in 400 steps
+    assert abs(P.masked_site_loss(model, va) - res.val_loss) < 1e-12
+    with pytest.raises(ValueError, match="lrs"):
+        P.train_mlm_select_lr(make, tr, va, lrs=[], seed=0)
+
+
+def test_factored_window_restricts_attention_to_a_band():
+    fa = P.FactoredAttention(7, 3, window=1, generator=torch.Generator().manual_seed(0))
+    A = fa.weights()[0]
+    i, j = torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij")
+    assert bool((A[(i - j).abs() != 1] == 0).all()) and bool((A[(i - j).abs() == 1] != 0).all())
+    X = P.one_hot(torch.randint(3, (4, 7), generator=torch.Generator().manual_seed(1)), 3)
+    ref = torch.einsum("ij,njb,ab->nia", A, X, fa.V[0]) + fa.b
+    assert float((fa(X) - ref).abs().max()) < 1e-12
+    full = P.FactoredAttention(7, 3, generator=torch.Generator().manual_seed(0))
+    assert float(full.weights()[0].abs().sum()) > float(A.abs().sum())
+    with pytest.raises(ValueError, match="window"):
+        P.FactoredAttention(7, 3, window=1, attention="softmax")
+
+
+def test_conditional_entropy_per_sequence_averages_to_the_conditional_entropy():
+    m = small_model(L=5, C=3)
+    s = torch.randint(3, (13, 5), generator=torch.Generator().manual_seed(2))
+    per = P.conditional_entropy_per_sequence(m, s)
+    assert per.shape == (13,)
+    assert abs(float(per.mean() - P.conditional_entropy(m, s))) < 1e-12
+    lp = P.exact_log_probs(m)  # brute force: log P(s_i | rest) from the joint
+    states, logp = lp
+    table = dict(zip(map(tuple, states.tolist()), logp.tolist()))
+    seq = s[0].tolist()
+    ref = 0.0
+    for i in range(5):
+        num = table[tuple(seq)]
+        den = math.log(sum(math.exp(table[tuple(seq[:i] + [a] + seq[i + 1:])]) for a in range(3)))
+        ref -= (num - den) / 5
+    assert abs(float(per[0]) - ref) < 1e-10
+
+
+def test_contact_scores_rank_the_teacher_contacts_first():
+    L, C = 12, 4
+    g = torch.Generator().manual_seed(3)
+    J = P.chain_couplings(L, generator=g)
+    m = P.PottsModel(J, P.random_colour_couplings(C, generator=g), 1.0)
+    S = P.contact_scores(m.couplings())
+    assert torch.allclose(S, S.T) and bool((S.diagonal() == 0).all())
+    assert P.contact_precision(S, J) == 1.0  # the teacher's own couplings: a perfect ranking
+    # brute-force APC on one entry
+    Wt = P.symmetrize_couplings(P.zero_sum_gauge(m.couplings()))
+    F = torch.tensor([[float(Wt[i, :, j, :].norm()) if i != j else 0.0 for j in range(L)] for i in range(L)],
+                     dtype=torch.float64)
+    row = F.sum(1) / (L - 1)
+    ref = F[2, 7] - row[2] * row[7] / (F.sum() / (L * (L - 1)))
+    assert abs(float(S[2, 7] - ref)) < 1e-12
+    # a ranking that puts every non-contact first scores 0
+    assert P.contact_precision(-S.abs() * (J != 0) + (J == 0).double(), J) == 0.0
+    with pytest.raises(ValueError, match="same"):
+        P.contact_precision(S[:3, :3], J)
