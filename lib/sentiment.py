@@ -33,6 +33,11 @@ Data, all offline (nothing downloads):
   ``vaderSentiment`` wheel, an independent judge of which words carry sentiment, and the source
   of the synthetic corpus (:func:`synthetic_corpus`).
 
+Leader analysis: :func:`leader_statistics` (leader counts per review, the authors' table),
+:func:`confident_leader_words` (the authors' histogram filter), and two statistics corrected for
+word frequency by a base rate taken within the same reviews: :func:`top_leader_enrichment` of the
+:func:`top_scoring_leaders` and :func:`confident_leader_enrichment` (with :func:`word_presence`).
+
 Used by chapter 5 (``chapters/ch5_hardmax.md``).
 """
 
