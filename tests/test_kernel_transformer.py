@@ -167,9 +167,9 @@ def test_train_task_is_deterministic_and_learns_reversal():
 
 def _train_twice():
     a = kt.train_task("reversal", ExpDot(), seed=0, steps=60, batch=32, lr=1e-2, n_test=64, n_layers=1,
-                      task_kwargs=dict(length=4, vocab=4))
+                      task_kwargs={"length": 4, "vocab": 4})
     b = kt.train_task("reversal", ExpDot(), seed=0, steps=60, batch=32, lr=1e-2, n_test=64, n_layers=1,
-                      task_kwargs=dict(length=4, vocab=4))
+                      task_kwargs={"length": 4, "vocab": 4})
     assert a.token_accuracy == b.token_accuracy and a.losses == b.losses
     assert a.losses[-1] < 0.5 * a.losses[0]
     assert 0.0 <= a.bleu <= 1.0
@@ -206,7 +206,7 @@ def _tiny(**kw):
     torch.set_num_threads(1)
     try:
         return kt.train_task("reversal", ExpDot(), seed=0, batch=32, n_test=64, n_layers=1,
-                             task_kwargs=dict(length=4, vocab=4), **kw)
+                             task_kwargs={"length": 4, "vocab": 4}, **kw)
     finally:
         torch.set_num_threads(threads)
 
