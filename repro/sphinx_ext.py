@@ -117,13 +117,18 @@ def _link(app: Sphinx, fromdoc: str, anchor: str, text: str) -> nodes.paragraph:
 
 
 def _records():
+    """This build's records, each checked against the record schema and judged by the rules."""
     from repro.ledger import judged
-    from repro.records import load_ledger
+    from repro.records import load_ledger, schema_errors
 
-    out = []
-    for r in judged(load_ledger()):
-        out.append(r)
-    return out
+    good = []
+    for rec in load_ledger():
+        errs = schema_errors(rec)
+        if errs:
+            logger.warning(f"claims ledger: record {rec.get('id', '?')} breaks the record schema: {'; '.join(errs)}")
+            continue
+        good.append(rec)
+    return judged(good)
 
 
 def _outcome_cell(r, stale: bool) -> str:
