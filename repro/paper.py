@@ -44,15 +44,7 @@ def _device() -> dict:
     if torch.cuda.is_available():
         info["device"] = f"GPU: {torch.cuda.get_device_name(0)}"
     else:
-        model = platform.processor() or "CPU"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        info["device"] = f"CPU: {model}, {os.cpu_count()} cores"
+        info["device"] = f"CPU: {environment()['cpu']}, {os.cpu_count()} cores"
     info["threads"] = torch.get_num_threads()
     return info
 
