@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--strict", action="store_true", help="also fail on records present in one folder only")
     p = sub.add_parser("paper", help="run chapters at the papers' scale (see repro.paper)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["paper"]:
+        # argparse's REMAINDER does not take a leading option such as --chapter: hand the rest over as is
+        from .paper import main as paper_main
+
+        return paper_main(argv[1:])
     args = ap.parse_args(argv)
     if args.cmd == "check":
         return _check(args)

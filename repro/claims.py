@@ -645,11 +645,11 @@ def table(chapter: int):
 
         glue(f"ch{chapter}_runtime_s", runtime, display=False)
         glue(f"ch{chapter}_summary", s["text"], display=False)
-    except Exception:  # noqa: BLE001 - outside a kernel there is nothing to glue into
+    except Exception:  # noqa: BLE001, S110 - outside a kernel there is nothing to glue into
         pass
     lines = [
-        f"This build ({_scale.scale()} scale): {s['text']}. The same records, with the book's other "
-        f"chapters, are in the {{ref}}`claims ledger <ledger-chapter-{chapter}>`.",
+        (f"This build ({_scale.scale()} scale): {s['text']}. The same records, with the book's other "
+        f"chapters, are in the {{ref}}`claims ledger <ledger-chapter-{chapter}>`."),
     ]
     titles = {
         "paper": "Verdicts on the paper, in the paper's setting",

@@ -66,9 +66,10 @@ def validate(records: Sequence[dict], *, chapters: Sequence[int] | None = None) 
             problems.append(f"{cid}: stored outcome {rec['outcome']!r}, the stored numbers give {v.outcome!r}")
         if "measured" in rec and not _same(rec["measured"], v.measured):
             problems.append(f"{cid}: stored statistic {rec['measured']!r}, the stored seeds give {v.measured!r}")
-        if rec["kind"] == "paper" and not rec.get("untested"):
-            if v.control is None or v.control["state"] == "holds":
-                problems.append(f"{cid}: paper claim without a failing control")
+        if rec["kind"] == "paper" and not rec.get("untested") and (
+            v.control is None or v.control["state"] == "holds"
+        ):
+            problems.append(f"{cid}: paper claim without a failing control")
         n = len(rec.get("seeds", []))
         need = MIN_SEEDS.get(rec.get("scale", "ci"), 3)
         if 1 < n < need:

@@ -6,7 +6,7 @@ a matplotlib backend: notebooks keep the inline backend so figures reach the boo
 
 from __future__ import annotations
 
-__all__ = ["use_book_style", "PALETTE"]
+__all__ = ["PALETTE", "use_book_style"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -54,7 +55,7 @@ def _remember(env, docname: str) -> None:
 
 class ClaimsLedgerDirective(SphinxDirective):
     has_content = False
-    option_spec = {"chapter": directives.positive_int}
+    option_spec: ClassVar[dict] = {"chapter": directives.positive_int}
 
     def run(self):
         _remember(self.env, self.env.docname)
@@ -269,8 +270,8 @@ def _summary(app: Sphinx, docname: str, records) -> list[nodes.Node]:
                     [(r, said(r)) for r in records if r.group == "paper"
                      and r.outcome in ("partly", "not reproduced", "inconclusive")])
     out += _bullets(app, docname, "Not tested in the papers' settings (why, and what the paper reports):",
-                    [(r, f"{r.record['paper_says']} — {r.record['reason']}; the paper reports "
-                      f"{r.record['paper_reports']}") for r in records if r.group == "untested"])
+                    [(r, (f"{r.record['paper_says']} — {r.record['reason']}; the paper reports "
+                      f"{r.record['paper_reports']}")) for r in records if r.group == "untested"])
     out += _bullets(app, docname, "Beyond the papers' settings: statements tested in the book's setting "
                     "that do not fully hold there (findings about that setting, not verdicts on the papers):",
                     [(r, said(r)) for r in records if r.group == "beyond"

@@ -23,14 +23,14 @@ C3 = control("c", [0.9, 0.8, 0.95])
 
 
 def _paper(cid, seeds, **kw):
-    base = dict(ref="r", relation="<=", expected=0.5, setting="paper", control=C3, quiet=True)
+    base = {"ref": "r", "relation": "<=", "expected": 0.5, "setting": "paper", "control": C3, "quiet": True}
     base.update(kw)
     return check(cid, "s", seeds=seeds, **base)
 
 
 def test_book_checks_pass_and_fail():
     claims.begin_chapter(9)
-    kw = dict(kind="book", fails_if="a wrong sign")
+    kw = {"kind": "book", "fails_if": "a wrong sign"}
     assert check("9.1", "bound", 1e-13, ref="eq. 1", relation="<=", expected=1e-12, **kw).passed
     assert check("9.2", "lower", 3, ref="eq. 2", relation=">=", expected=3, **kw).outcome == "pass"
     assert check("9.3", "value", 0.871, ref="T1", relation="==", expected=0.872, tol=0.01, **kw).passed
@@ -133,7 +133,7 @@ def test_noise_band_makes_borderline_never_a_failure():
     pos = control("p", [0.0] * 6)
     c6 = control("untrained", [0.3] * 6)
     gaps = [0.0060, 0.0013, 0.0011, 0.00085, 0.0098, 0.0024]
-    kw = dict(relation="<=", expected=0.01, control=c6, positive=pos, noise=0.002)
+    kw = {"relation": "<=", "expected": 0.01, "control": c6, "positive": pos, "noise": 0.002}
     # the Intel numbers (0.0098) and the AMD numbers (0.0103) both come out borderline, under any
     # declaration among the two neighbours
     a = _paper("5.1", gaps, expect="reproduced", **kw)
@@ -150,7 +150,7 @@ def test_noise_band_makes_borderline_never_a_failure():
 
 def test_statistics_over_seeds():
     vals = [1.0, 2.0, 3.0]
-    kw = dict(ref="r", relation=">=", expected=0.0, kind="book", fails_if="f", record=False, quiet=True)
+    kw = {"ref": "r", "relation": ">=", "expected": 0.0, "kind": "book", "fails_if": "f", "record": False, "quiet": True}
     assert check("6.1", "s", seeds=vals, **kw).measured == 1.0
     assert check("6.1", "s", seeds=vals, statistic="mean", **kw).measured == 2.0
     assert check("6.1", "s", seeds=vals, statistic="mean-2se", **kw).measured == pytest.approx(2 - 2 / math.sqrt(3))
@@ -241,11 +241,11 @@ def test_cli_check_and_diff(tmp_path, monkeypatch):
     assert rows["11.1"]["kind"] == "statistic"  # both borderline
     assert rows["11.2"]["kind"] == "statistic" and rows["11.3"]["kind"] == "outcome"
     run = [sys.executable, "-m", "repro"]
-    out = subprocess.run([*run, "diff", str(a), str(b)], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([*run, "diff", str(a), str(b)], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 1 and "OUTCOME CHANGED (1)" in out.stdout and "11.3" in out.stdout
-    out = subprocess.run([*run, "check", str(a), "--no-chapters"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([*run, "check", str(a), "--no-chapters"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0 and "chapter 11: verdicts on the papers" in out.stdout, out.stdout + out.stderr
-    out = subprocess.run([*run, "check", str(a)], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([*run, "check", str(a)], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 1 and "chapter 1 wrote no record" in out.stdout
 
 
@@ -263,35 +263,35 @@ def test_every_written_record_follows_the_schema(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        (dict(cid="1", measured=1.0), ValueError, "N.k"),
-        (dict(statement="", measured=1.0), ValueError, "statement"),
-        (dict(ref="", measured=1.0), ValueError, "ref"),
-        (dict(measured=1.0, relation="~"), ValueError, "relation"),
-        (dict(measured=1.0, relation="=="), ValueError, "tolerance"),
-        (dict(measured=1.0, tol=0.1), ValueError, "tol must be None"),
-        (dict(measured=1.0, relation="in"), ValueError, "lo, hi"),
-        (dict(measured=1.0, relation="in", expected=(2, 1)), ValueError, "empty"),
-        (dict(measured="big"), TypeError, "measured"),
-        (dict(), ValueError, "measured is required"),
-        (dict(measured=1.0, seeds=[1.0]), ValueError, "not both"),
-        (dict(seeds=[]), ValueError, "empty"),
-        (dict(measured=1.0, kind="other"), ValueError, "kind"),
-        (dict(measured=1.0, bound_source="me"), ValueError, "bound_source"),
-        (dict(measured=1.0, kind="paper", setting="paper"), ValueError, "negative control"),
-        (dict(measured=1.0, setting="paper", control=control("c", 2), expect="maybe"), ValueError, "unknown outcome"),
-        (dict(measured=1.0, setting="paper", control=control("c", 2), expect="partly"), ValueError, "reason"),
-        (dict(measured=1.0, kind="book", fails_if="f", control=control("c", 2)), ValueError, "no control"),
-        (dict(measured=1.0, kind="book", fails_if="f", expect="partly"), ValueError, "must hold"),
-        (dict(measured=1.0, setting="paper", control=control("c", 2), fails_if="f"), ValueError, "fails_if"),
-        (dict(measured=1.0, kind="book", fails_if="f", noise=-1), ValueError, "noise"),
-        (dict(seeds=[1.0], kind="book", fails_if="f", statistic="mean-2se"), ValueError, "2 seeds"),
-        (dict(seeds=[1.0, 2.0], relation="in", expected=(0, 3), kind="book", fails_if="f", statistic="mean-2se"),
+        ({"cid": "1", "measured": 1.0}, ValueError, "N.k"),
+        ({"statement": "", "measured": 1.0}, ValueError, "statement"),
+        ({"ref": "", "measured": 1.0}, ValueError, "ref"),
+        ({"measured": 1.0, "relation": "~"}, ValueError, "relation"),
+        ({"measured": 1.0, "relation": "=="}, ValueError, "tolerance"),
+        ({"measured": 1.0, "tol": 0.1}, ValueError, "tol must be None"),
+        ({"measured": 1.0, "relation": "in"}, ValueError, "lo, hi"),
+        ({"measured": 1.0, "relation": "in", "expected": (2, 1)}, ValueError, "empty"),
+        ({"measured": "big"}, TypeError, "measured"),
+        ({}, ValueError, "measured is required"),
+        ({"measured": 1.0, "seeds": [1.0]}, ValueError, "not both"),
+        ({"seeds": []}, ValueError, "empty"),
+        ({"measured": 1.0, "kind": "other"}, ValueError, "kind"),
+        ({"measured": 1.0, "bound_source": "me"}, ValueError, "bound_source"),
+        ({"measured": 1.0, "kind": "paper", "setting": "paper"}, ValueError, "negative control"),
+        ({"measured": 1.0, "setting": "paper", "control": control("c", 2), "expect": "maybe"}, ValueError, "unknown outcome"),
+        ({"measured": 1.0, "setting": "paper", "control": control("c", 2), "expect": "partly"}, ValueError, "reason"),
+        ({"measured": 1.0, "kind": "book", "fails_if": "f", "control": control("c", 2)}, ValueError, "no control"),
+        ({"measured": 1.0, "kind": "book", "fails_if": "f", "expect": "partly"}, ValueError, "must hold"),
+        ({"measured": 1.0, "setting": "paper", "control": control("c", 2), "fails_if": "f"}, ValueError, "fails_if"),
+        ({"measured": 1.0, "kind": "book", "fails_if": "f", "noise": -1}, ValueError, "noise"),
+        ({"seeds": [1.0], "kind": "book", "fails_if": "f", "statistic": "mean-2se"}, ValueError, "2 seeds"),
+        ({"seeds": [1.0, 2.0], "relation": "in", "expected": (0, 3), "kind": "book", "fails_if": "f", "statistic": "mean-2se"},
          ValueError, "'<=' or '>='"),
-        (dict(seeds=[1.0, 2.0], kind="book", fails_if="f", statistic="max"), ValueError, "statistic"),
+        ({"seeds": [1.0, 2.0], "kind": "book", "fails_if": "f", "statistic": "max"}, ValueError, "statistic"),
     ],
 )
 def test_bad_claims(kwargs, exc, match):
-    base = dict(cid="1.1", statement="s", ref="r", relation="<=", expected=1.0)
+    base = {"cid": "1.1", "statement": "s", "ref": "r", "relation": "<=", "expected": 1.0}
     base.update(kwargs)
     with pytest.raises(exc, match=match):
         check(**base, record=False, quiet=True)

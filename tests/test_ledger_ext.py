@@ -15,7 +15,7 @@ IDS = ("14.1", "14.2", "14.3", "14.4", "14.5", "14.6", "14.7")
 def _records():
     claims.begin_chapter(14)
     c3, pos = control("untrained", [0.9, 0.8, 0.95]), control("planted effect", [0.1, 0.1, 0.2])
-    kw = dict(ref="Sec. 1", relation="<=", expected=0.5, control=c3, quiet=True)
+    kw = {"ref": "Sec. 1", "relation": "<=", "expected": 0.5, "control": c3, "quiet": True}
     check("14.1", "verdict: reproduced", seeds=[0.1, 0.2, 0.3], setting="paper", **kw)
     check("14.2", "verdict: not reproduced", seeds=[0.7, 0.8, 0.9], setting="paper", positive=pos,
           expect="not reproduced", reason="the gap stays", deviations=["fewer epochs"], **kw)

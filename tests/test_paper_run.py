@@ -38,3 +38,15 @@ def test_kernel_threads_reads_the_kernels_setting():
         client.execute_cell(nb.cells[0], 0)
         assert paper_run._kernel_threads(client) == 1
     assert len(nb.cells) == 2  # the probe is appended, the chapter's cells are untouched
+
+
+def test_cli_hands_options_to_the_paper_runner(monkeypatch):
+    """`python -m repro paper --chapter 3` reaches the runner with its options (argparse's
+    REMAINDER alone drops a leading option)."""
+    import repro.__main__ as cli
+    import repro.paper
+
+    seen = {}
+    monkeypatch.setattr(repro.paper, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    cli.main(["paper", "--chapter", "3", "--timeout", "10"])
+    assert seen["argv"] == ["--chapter", "3", "--timeout", "10"]

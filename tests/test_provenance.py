@@ -43,7 +43,7 @@ print(f"value {value}")
 
 def _chapter(tmp_path, monkeypatch, **subs):
     text = CHAPTER
-    defaults = dict(MEASURE="0.1", STATEMENT="s", REF="r", BOUND="0.5", DESCRIPTION="d", REASON="", NOISE="0.0")
+    defaults = {"MEASURE": "0.1", "STATEMENT": "s", "REF": "r", "BOUND": "0.5", "DESCRIPTION": "d", "REASON": "", "NOISE": "0.0"}
     for k, v in {**defaults, **subs}.items():
         text = text.replace(k, v)
     (tmp_path / "chapters").mkdir(exist_ok=True)
@@ -91,11 +91,11 @@ def test_staleness_reads_the_fingerprint(tmp_path, monkeypatch):
 
 def test_records_without_fingerprint_fall_back_to_git(tmp_path):
     assert provenance.is_stale(None, 1) == (True, "no paper-scale run recorded")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=False, capture_output=True, text=True).stdout.strip()
     rec = {"provenance": {"commit": head, "clean": True, "date": "2026-12-01T00:00:00Z"}, "claims": {}}
     srcs = provenance.chapter_sources(1)
     assert srcs[0].startswith("chapters/ch1_") and not any("claims" in s or "scale" in s for s in srcs)
-    dirty = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *srcs], cwd=ROOT,
+    dirty = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *srcs], cwd=ROOT, check=False,
                            capture_output=True, text=True).stdout.strip()
     assert provenance.is_stale(rec, 1)[0] == bool(dirty)
     rec["provenance"]["commit"] = "0" * 40
