@@ -33,7 +33,9 @@ Data, all offline (nothing downloads):
   ``vaderSentiment`` wheel, an independent judge of which words carry sentiment, and the source
   of the synthetic corpus (:func:`synthetic_corpus`).
 
-Leader analysis: :func:`leader_statistics` (leader counts per review, the authors' table),
+Leader analysis: :func:`leader_statistics` (leader counts per review, the authors' table,
+summarised by :func:`count_summary` and compared at equal review length by
+:func:`length_matched_difference`),
 :func:`confident_leader_words` (the authors' histogram filter), and two statistics corrected for
 word frequency by a base rate taken within the same reviews: :func:`top_leader_enrichment` of the
 :func:`top_scoring_leaders` and :func:`confident_leader_enrichment` (with :func:`word_presence`).
@@ -75,6 +77,7 @@ __all__ = [
     "HardmaxClassifier",
     "Job",
     "LeaderStats",
+    "LengthMatched",
     "Protocol",
     "Run",
     "TrainHistory",
@@ -83,10 +86,12 @@ __all__ = [
     "build_vocabulary",
     "confident_leader_enrichment",
     "confident_leader_words",
+    "count_summary",
     "encode",
     "evaluate",
     "get_protocol",
     "leader_statistics",
+    "length_matched_difference",
     "load_imdb_csv",
     "load_rotten_tomatoes",
     "load_vader_lexicon",
@@ -1520,3 +1525,115 @@ def confident_leader_enrichment(
     base = float((pres & is_class).sum() / max(1, pres.sum()))
     return {"hit": hit, "base": base, "enrichment": hit / base if base > 0 else math.nan,
             "n_reviews": n_rev, "n_words": n_words}
+
+
+def count_summary(counts: np.ndarray) -> dict[str, float]:
+    r"""Mean, standard deviation (population, ``ddof=0``), minimum and maximum of per-review
+    counts ``(N,)``: the four columns of the authors' leaders table. Raises on an empty array."""
+    c = np.asarray(counts, dtype=float)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"counts must be a non-empty 1-D array, got shape {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("counts must be finite")
+    return {"mean": float(c.mean()), "std": float(c.std()), "min": float(c.min()), "max": float(c.max())}
+
+
+@dataclass
+class LengthMatched:
+    r"""Result of :func:`length_matched_difference`.
+
+    strata
+        ``(S,)`` lower edge of each length stratum that holds reviews of both sets.
+    n_a, n_b
+        ``(S,)`` reviews of each set in each stratum; ``mean_a``, ``mean_b`` ``(S,)`` their mean counts.
+    weight
+        ``(S,)`` the share of set ``a``'s reviews in each stratum (renormalised over ``strata``).
+    difference
+        :math:`\sum_s w_s(\bar a_s - \bar b_s)`: the difference of mean counts at set ``a``'s
+        length distribution (direct standardisation).
+    coverage
+        Share of set ``a``'s reviews that fall in a stratum where set ``b`` has reviews.
+    """
+
+    strata: np.ndarray
+    n_a: np.ndarray
+    n_b: np.ndarray
+    mean_a: np.ndarray
+    mean_b: np.ndarray
+    weight: np.ndarray
+    difference: float
+    coverage: float
+
+
+def length_matched_difference(
+    counts_a: np.ndarray,
+    lengths_a: np.ndarray,
+    counts_b: np.ndarray,
+    lengths_b: np.ndarray | None = None,
+    *,
+    edges: Sequence[int] | None = None,
+) -> LengthMatched:
+    r"""Difference of mean per-review counts of two sets of reviews *at equal length*.
+
+    Reviews are grouped into length strata (every distinct length when ``edges`` is ``None``;
+    otherwise stratum :math:`s` holds lengths in ``[edges[s], edges[s+1])``, the last one open);
+    within a stratum the mean counts are compared, and the differences are averaged with the
+    weights of set ``a``'s length distribution:
+
+    .. math::
+
+        \Delta = \sum_s w_s\,(\bar a_s - \bar b_s),\qquad w_s = n^a_s \Big/ \sum_{s'} n^a_{s'},
+
+    over the strata holding reviews of both sets. So a difference of length distributions between
+    the two sets cannot produce :math:`\Delta`. When both sets are the same reviews
+    (``lengths_b`` ``None`` or equal), :math:`\Delta` equals the plain difference of the means.
+    Used by chapter 5 (trained against untrained leader counts, the leaders table).
+
+    ``counts_*`` and ``lengths_*`` are ``(N,)`` arrays (lengths: non-negative integers, e.g.
+    distinct words per review). Raises on mismatched shapes, on lengths below ``edges[0]``, on
+    unsorted edges, and when no stratum holds reviews of both sets.
+    """
+    a, la = np.asarray(counts_a, dtype=float), np.asarray(lengths_a)
+    b = np.asarray(counts_b, dtype=float)
+    lb = la if lengths_b is None else np.asarray(lengths_b)
+    for name, c, ln in (("a", a, la), ("b", b, lb)):
+        if c.ndim != 1 or c.shape != ln.shape or c.size == 0:
+            raise ValueError(
+                f"counts_{name} and lengths_{name} must be non-empty 1-D arrays of one shape, "
+                f"got {c.shape} and {ln.shape}"
+            )
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"counts_{name} must be finite")
+        if not np.issubdtype(ln.dtype, np.integer) or (ln < 0).any():
+            raise ValueError(f"lengths_{name} must be non-negative integers")
+    if edges is None:
+        lo = np.unique(np.concatenate([la, lb]))
+    else:
+        lo = np.asarray(edges)
+        if lo.ndim != 1 or lo.size == 0 or (np.diff(lo) <= 0).any():
+            raise ValueError(f"edges must be a non-empty increasing sequence, got {edges!r}")
+        if min(la.min(), lb.min()) < lo[0]:
+            raise ValueError(f"a length is below the first edge {lo[0]}")
+    sa = np.searchsorted(lo, la, side="right") - 1
+    sb = np.searchsorted(lo, lb, side="right") - 1
+    S = len(lo)
+    n_a = np.bincount(sa, minlength=S)
+    n_b = np.bincount(sb, minlength=S)
+    both = (n_a > 0) & (n_b > 0)
+    if not both.any():
+        raise ValueError("no length stratum holds reviews of both sets")
+    sum_a = np.bincount(sa, weights=a, minlength=S)
+    sum_b = np.bincount(sb, weights=b, minlength=S)
+    mean_a = sum_a[both] / n_a[both]
+    mean_b = sum_b[both] / n_b[both]
+    w = n_a[both] / n_a[both].sum()
+    return LengthMatched(
+        strata=lo[both],
+        n_a=n_a[both],
+        n_b=n_b[both],
+        mean_a=mean_a,
+        mean_b=mean_b,
+        weight=w,
+        difference=float(np.sum(w * (mean_a - mean_b))),
+        coverage=float(n_a[both].sum() / len(a)),
+    )
