@@ -40,12 +40,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import brentq
+from torch import nn
 
 from . import _checks as C
 
 Tensor = torch.Tensor
 
 __all__ = [
+    "GaussianFactoredLayer",
     "LearningCurve",
     "gaussian_potts_precision",
     "goe",
@@ -57,6 +59,8 @@ __all__ = [
     "site_problems",
     "site_test_errors",
     "theory_learning_curve",
+    "train_factored_layer",
+    "trained_learning_curve",
 ]
 
 
@@ -270,6 +274,100 @@ def simulate_learning_curve(K: Tensor, alphas: Sequence[float], lam: float, *, r
         n = max(1, round(C.positive(float(a), "alpha") * L))
         x = torch.stack([sample_gaussian(K, n, generator=generator) for _ in range(repeats)])
         errs = site_test_errors(ridge_fit_all_sites(x, lam), K).mean(-1).numpy()
+        each.append(errs)
+        means.append(errs.mean())
+        sems.append(errs.std(ddof=1) / math.sqrt(repeats) if repeats > 1 else float("nan"))
+    return LearningCurve(np.asarray(alphas, dtype=float), np.array(means), np.array(sems), np.array(each))
+
+
+class GaussianFactoredLayer(nn.Module):
+    r"""The factored attention layer for real-valued spins: :math:`\hat x_i = \sum_{j\neq i} A_{ij}\,V x_j`.
+
+    With one colour (:math:`C = 1`) the value map :math:`V` is a scalar; it is kept as a parameter
+    (initialised to 1), so the couplings are the products :math:`J_{ij} = A_{ij}V`, and the
+    penalty :meth:`penalty` is taken on those products, :math:`\|AV\|_F^2`, which is invariant
+    under the scale freedom :math:`A\to cA`, :math:`V\to V/c`. The diagonal of :math:`A` is masked
+    (a site does not see itself). ``forward`` maps ``x`` ``(..., n, L)`` to the predictions
+    ``(..., n, L)``; a leading batch shape ``batch`` trains independent layers at once.
+    Chapter 2, claim 2.7e.
+    """
+
+    def __init__(self, L: int, *, batch: tuple[int, ...] = (), dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        C.positive_int(L, "L")
+        self.L = L
+        self.A = nn.Parameter(torch.zeros(*batch, L, L, dtype=dtype))
+        self.V = nn.Parameter(torch.ones(*batch, 1, 1, dtype=dtype))
+        self.register_buffer("offdiag", (~torch.eye(L, dtype=torch.bool)).to(dtype))
+
+    def couplings(self) -> Tensor:
+        """The effective couplings :math:`A_{ij}V` ``(..., L, L)`` (zero diagonal)."""
+        return self.A * self.offdiag * self.V
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.couplings().mT
+
+    def penalty(self) -> Tensor:
+        r""":math:`\|AV\|_F^2` summed over the batch."""
+        return (self.couplings() ** 2).sum()
+
+
+def train_factored_layer(x: Tensor, lam: float, *, max_iter: int = 500, tolerance_grad: float = 1e-10,
+                         history_size: int = 50) -> GaussianFactoredLayer:
+    r"""Train a :class:`GaussianFactoredLayer` by Gaussian pseudo-likelihood with a penalty, full-batch L-BFGS.
+
+    ``x`` ``(..., n, L)`` (leading dimensions: independent training sets, one layer each). The
+    objective is the mean over sites of the per-site ridge objective,
+
+    .. math:: \frac1L\sum_i\Big[\frac1n\sum_\mu\big(x^\mu_i-\textstyle\sum_{j\ne i}A_{ij}Vx^\mu_j\big)^2
+              + \lambda\sum_{j\ne i}(A_{ij}V)^2\Big],
+
+    summed over the leading dimensions (the sum of independent problems). Its minimiser in
+    :math:`AV` is the ridge estimate of every row (:func:`ridge_fit_all_sites`); the layer is
+    trained by gradient-based optimisation of :math:`(A, V)` from :math:`A = 0`, :math:`V = 1`
+    (the same kind of training as the chapter's discrete layer), not solved in closed form.
+    """
+    x = C.float_tensor(x, "x", min_dim=2)
+    lam = C.nonneg(lam, "lam")
+    C.positive_int(max_iter, "max_iter")
+    n, L = x.shape[-2], x.shape[-1]
+    model = GaussianFactoredLayer(L, batch=tuple(x.shape[:-2]), dtype=x.dtype)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, max_eval=int(1.25 * max_iter),
+                            tolerance_grad=tolerance_grad, tolerance_change=1e-14,
+                            history_size=history_size, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = ((x - model(x)) ** 2).sum() / (n * L) + lam * model.penalty() / L
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model
+
+
+def trained_learning_curve(K: Tensor, alphas: Sequence[float], lam: float, *, repeats: int, n_test: int,
+                           generator: torch.Generator, max_iter: int = 500) -> LearningCurve:
+    r"""Learning curve of the *trained* factored layer: held-out test error against :math:`\alpha = n/L`.
+
+    For each :math:`\alpha`, ``repeats`` independent training sets of :math:`n = \mathrm{round}(\alpha L)`
+    samples of :math:`\mathcal N(0, K^{-1})` train one :class:`GaussianFactoredLayer` each
+    (:func:`train_factored_layer`, all repeats at once); each layer's test error is its mean squared
+    prediction error over sites on ``n_test`` fresh samples (a held-out test set per repeat), not
+    the exact formula of :func:`site_test_errors`. Returns a :class:`LearningCurve` (mean over
+    repeats, standard error, every repeat).
+    """
+    C.positive_int(repeats, "repeats")
+    C.positive_int(n_test, "n_test")
+    L = K.shape[0]
+    means, sems, each = [], [], []
+    for a in alphas:
+        n = max(1, round(C.positive(float(a), "alpha") * L))
+        x = torch.stack([sample_gaussian(K, n, generator=generator) for _ in range(repeats)])
+        xt = torch.stack([sample_gaussian(K, n_test, generator=generator) for _ in range(repeats)])
+        model = train_factored_layer(x, lam, max_iter=max_iter)
+        with torch.no_grad():
+            errs = ((xt - model(xt)) ** 2).mean(dim=(-2, -1)).numpy()
         each.append(errs)
         means.append(errs.mean())
         sems.append(errs.std(ddof=1) / math.sqrt(repeats) if repeats > 1 else float("nan"))

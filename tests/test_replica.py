@@ -119,3 +119,48 @@ def test_bad_inputs():
         R.goe(3, generator=None)
     with pytest.raises(ValueError, match="alpha"):
         R.theory_learning_curve(torch.eye(3, dtype=torch.float64) * 3, [-1.0], 0.1)
+
+
+def test_trained_factored_layer_reaches_the_ridge_estimate():
+    """L-BFGS on the factored parametrisation (A, V) lands on the closed-form ridge rows."""
+    K = R.gaussian_potts_precision(12, generator=torch.Generator().manual_seed(21))
+    x = torch.stack([R.sample_gaussian(K, n, generator=torch.Generator().manual_seed(s))
+                     for s, n in ((1, 30), (2, 30))])
+    lam = 0.02
+    model = R.train_factored_layer(x, lam, max_iter=500)
+    J = model.couplings().detach()
+    assert torch.equal(torch.diagonal(J, dim1=-2, dim2=-1), torch.zeros(2, 12, dtype=J.dtype))
+    W = R.ridge_fit_all_sites(x, lam)
+    rows = torch.arange(12)[:, None].expand(12, 11)
+    assert float((J[..., rows, R._others(12)] - W).abs().max()) < 1e-5  # L-BFGS tolerance
+
+
+def test_factored_layer_penalty_is_scale_invariant():
+    m = R.GaussianFactoredLayer(5)
+    with torch.no_grad():
+        m.A.copy_(torch.randn(5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+        p0 = float(m.penalty())
+        x = torch.randn(7, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        y0 = m(x)
+        m.A.mul_(2.5)
+        m.V.div_(2.5)
+        assert abs(float(m.penalty()) - p0) < 1e-12 * max(1.0, p0)
+        assert torch.allclose(m(x), y0, atol=1e-12)
+        # the diagonal is masked: a site never predicts itself
+        m.A.zero_()
+        m.A.fill_diagonal_(1.0)
+        assert float(m(x).abs().max()) == 0.0
+
+
+def test_trained_learning_curve_matches_theory_far_from_the_peak():
+    K = R.gaussian_potts_precision(40, generator=torch.Generator().manual_seed(8))
+    cur = R.trained_learning_curve(K, [4.0], 1e-2, repeats=3, n_test=4000,
+                                   generator=torch.Generator().manual_seed(9))
+    th = R.theory_learning_curve(K, [4.0], 1e-2)
+    assert cur.per_repeat.shape == (1, 3)
+    assert abs(cur.mean[0] / th[0] - 1) < 0.05
+    with pytest.raises(ValueError, match="n_test"):
+        R.trained_learning_curve(K, [4.0], 1e-2, repeats=2, n_test=0,
+                                 generator=torch.Generator().manual_seed(9))
+    with pytest.raises(ValueError, match="lam"):
+        R.train_factored_layer(torch.zeros(5, 3, dtype=torch.float64), -1.0)
