@@ -114,8 +114,12 @@ def diff(a: str | Path, b: str | Path) -> list[dict]:
 
 
 def environments(directory: str | Path) -> dict[int, dict]:
-    """The environment each chapter file of ``directory`` was measured in."""
-    return {ch: data.get("environment", {}) for ch, data in load_chapter_files(directory).items()}
+    """The environment each chapter file of ``directory`` was measured in (a build's claim files
+    carry it at the top; a paper-scale record under ``provenance``)."""
+    return {
+        ch: data.get("environment") or data.get("provenance", {}).get("environment") or {}
+        for ch, data in load_chapter_files(directory).items()
+    }
 
 
 def summary_lines(records: Sequence[dict]) -> list[str]:

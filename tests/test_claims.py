@@ -329,3 +329,16 @@ def test_scale_switch(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("BOOK_SCALE", "huge")
     with pytest.raises(ValueError, match="BOOK_SCALE"):
         scale.scale()
+
+
+def test_environments_reads_build_files_and_paper_records(tmp_path):
+    """`repro diff` names the CPU of both kinds of file: a build's (top level) and a paper
+    record's (under provenance)."""
+    from repro.ledger import environments
+
+    env = {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}
+    (tmp_path / "chapter-1.json").write_text(json.dumps({"chapter": 1, "environment": env, "claims": {}}))
+    (tmp_path / "chapter-2.json").write_text(
+        json.dumps({"chapter": 2, "provenance": {"environment": env}, "claims": {}})
+    )
+    assert environments(tmp_path) == {1: env, 2: env}
