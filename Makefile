@@ -99,7 +99,7 @@ book: $(STAMP)
 
 # --overwrite keeps each chapter's executed notebook in build/notebooks (see EXECUTED above)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --overwrite
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --no-loadscope-reorder --overwrite
 
 # Chromium (Debian packages chromium, chromium-driver) is installed when missing and this runs
 # as root (CI); elsewhere the test skips with an install hint, except under CI=true.

@@ -45,19 +45,34 @@ def pytest_collect_file(file_path: Path, parent):
     return None
 
 
-# CI seconds of each chapter at CI scale on two cores (from the cell timestamps of a CI run);
-# make test runs pytest-xdist with --dist loadfile, which hands files to the workers in collection
-# order, so the chapters go first, longest first, and the short unit-test files fill the gaps:
-# the run then ends close to (total work) / (workers) instead of waiting on a long chapter
-# started last.
-_CHAPTER_COST = {"ch2": 300, "ch5": 220, "ch3": 175, "ch4": 150, "ch6": 75, "ch1": 25}
+
+# CI seconds of each chapter at CI scale on two cores (from the cell timestamps of a CI run).
+# make test runs pytest-xdist with --dist loadfile --no-loadscope-reorder: files are handed out in
+# collection order, and a worker takes the next file while it holds at most two pending tests, so
+# a worker given a one-test chapter at once takes the next file too. The chapters therefore go
+# first, longest first, each followed by a unit-test file of several tests: a worker runs one
+# chapter (and a short file) at a time, the next chapter goes to whichever worker is free first,
+# and the remaining unit-test files fill the gaps at the end (list scheduling, longest first).
+_CHAPTER_COST = {"ch2": 315, "ch4": 200, "ch5": 215, "ch3": 170, "ch6": 55, "ch1": 25}
 
 
 def pytest_collection_modifyitems(session, config, items):
-    def key(item):
-        stem = Path(str(item.fspath)).stem
-        if Path(str(item.fspath)).parent.name == "chapters" or stem.startswith("ch"):
-            return (0, -_CHAPTER_COST.get(stem.split("_")[0], 100))
-        return (1, 0)
+    def file_of(item):
+        return Path(str(item.fspath))
 
-    items.sort(key=key)  # stable: unit tests keep their order
+    def is_chapter(f):
+        return f.parent.name in ("chapters", "notebooks") and f.stem.split("_")[0] in _CHAPTER_COST
+
+    chapters = sorted({file_of(i) for i in items if is_chapter(file_of(i))},
+                      key=lambda f: -_CHAPTER_COST[f.stem.split("_")[0]])
+    sizes: dict[Path, int] = {}
+    for i in items:
+        if not is_chapter(file_of(i)):
+            sizes[file_of(i)] = sizes.get(file_of(i), 0) + 1
+    fillers = [f for f in sizes if sizes[f] >= 3][: len(chapters)]
+    rank = {}
+    for k, f in enumerate(chapters):
+        rank[f] = 2 * k
+    for k, f in enumerate(fillers):
+        rank[f] = 2 * k + 1
+    items.sort(key=lambda i: rank.get(file_of(i), len(rank)))  # stable within a file and the rest
