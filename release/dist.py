@@ -27,11 +27,13 @@ import gzip
 import hashlib
 import io
 import json
-import re
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+# the checkout's repro package (its buildinfo module uses the standard library only)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from repro.buildinfo import git, pyproject_version
 
 MANIFEST = "MANIFEST.sha256"
 INFO = "BUILD-INFO.json"
@@ -43,32 +45,13 @@ class BundleError(Exception):
     """The tree lacks a part of the bundle, or a bundle does not match its manifest."""
 
 
-def pyproject_version(root: Path) -> str:
-    """``version`` of ``[project]`` in ``pyproject.toml`` (no tomllib: Python 3.10 lacks it)."""
-    text = (root / "pyproject.toml").read_text(encoding="utf-8")
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"no version in {root / 'pyproject.toml'}")
-    return match.group(1)
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def build_info(root: Path) -> dict:
     """Version (pyproject.toml), commit and its date, and whether the tree was clean."""
     version = pyproject_version(root)
-    commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    date = _git(root, "log", "-1", "--format=%cI") if commit else None
-    epoch = _git(root, "log", "-1", "--format=%ct") if commit else None
+    commit = git(root, "rev-parse", "HEAD")
+    status = git(root, "status", "--porcelain", "--untracked-files=no")
+    date = git(root, "log", "-1", "--format=%cI") if commit else None
+    epoch = git(root, "log", "-1", "--format=%ct") if commit else None
     return {
         "name": "attention-reproduced",
         "version": version,

@@ -436,6 +436,21 @@ def book_html():
     return _load("book_html_ext", ROOT / "book" / "_ext" / "book_html.py")
 
 
+def test_build_stamp_reads_the_tree_it_is_given(book_html, tmp_path):
+    """The footer's facts and the bundle's come from one helper, for the folder asked about:
+    outside a git checkout the commit is unknown rather than the book's own."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nversion = "9.9.9"\n', encoding="utf-8"
+    )
+    stamp = book_html.build_stamp(tmp_path)
+    assert stamp == {"version": "9.9.9", "commit": None, "dirty": False}
+    info = dist.build_info(tmp_path)
+    assert info["version"] == "9.9.9" and info["commit"] is None and info["epoch"] == 0
+    (tmp_path / "pyproject.toml").write_text("[project]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no version"):
+        dist.pyproject_version(tmp_path)
+
+
 def test_footer_names_version_and_commit(book_html):
     stamp = book_html.build_stamp()
     assert stamp["version"] == dist.pyproject_version(ROOT)

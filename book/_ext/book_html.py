@@ -18,43 +18,26 @@
 from __future__ import annotations
 
 import html
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from docutils import nodes
 from sphinx.transforms.post_transforms import SphinxPostTransform
 
+from repro.buildinfo import git, pyproject_version
+
 ROOT = Path(__file__).resolve().parents[2]
 # MyST-NB's execution-table status symbols, in words
 EXEC_STATUS_WORDS = {"\u2705": "passed", "\u274c": "failed"}
 
 
-def pyproject_version(root: Path) -> str:
-    """``version`` of ``[project]`` in ``pyproject.toml`` (no tomllib: Python 3.10 lacks it)."""
-    text = (root / "pyproject.toml").read_text(encoding="utf-8")
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"no version in {root / 'pyproject.toml'}")
-    return match.group(1)
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def build_stamp(root: Path = ROOT) -> dict[str, Any]:
     """The book's version and the commit of the tree being built."""
     version = pyproject_version(root)
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit = git(root, "rev-parse", "HEAD")
+    status = (
+        git(root, "status", "--porcelain", "--untracked-files=no") if commit else None
+    )
     return {"version": version, "commit": commit, "dirty": bool(status)}
 
 
