@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import _checks as C
-from .kernel_transformer import EarlyStopping
+from .kernel_transformer import EarlyStopping, EarlyStoppingRun
 from .kernels import Kernel, kernel_attention
 
 Tensor = torch.Tensor
@@ -277,7 +277,7 @@ def train_retrieval(kernel: Kernel, *, seed: int, n_key: int, n_values: int, n_q
 
     at_budget = (math.nan, math.nan)
     curve: list[tuple[int, float, float]] = []
-    best_loss, best_state, best_step, bad, drops = math.inf, None, 0, 0, 0
+    run = None if es is None else EarlyStoppingRun(es, model, opt, sched)
     stop = "fixed" if es is None or steps == 0 else "max_steps"
     done = 0
     for step in range(1, steps + 1):
@@ -295,30 +295,15 @@ def train_retrieval(kernel: Kernel, *, seed: int, n_key: int, n_values: int, n_q
             continue
         vacc, vloss = _accuracy_loss(model, val, relation)
         curve.append((step, vloss, vacc))
-        if es is None:
+        if run is None:
             continue
-        if vloss < (1.0 - es.min_rel) * best_loss:
-            best_loss, best_step, bad = vloss, step, 0
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            bad += 1
-        if vacc == 1.0:
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            best_step, stop = step, "solved"
+        reason = run.update(step, vloss, vacc)
+        if reason is not None:
+            stop = reason
             break
-        if bad >= es.patience:
-            if drops < es.lr_drops:
-                drops, bad = drops + 1, 0
-                sched.base_lrs = [b_ * es.lr_factor for b_ in sched.base_lrs]
-            else:
-                stop = "plateau"
-                break
     if budget is not None and done < budget:  # stopped before the budget: scored as it stopped
         at_budget = score()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_step = done
+    best_step = run.best_step if run is not None and run.restore() else done
     acc, mass = score()
     return RetrievalRun(kernel=getattr(kernel, "name", type(kernel).__name__), seed=seed, accuracy=acc,
                         mass=mass, steps=done, best_step=best_step, stop=stop, accuracy_budget=at_budget[0],

@@ -411,6 +411,57 @@ class EarlyStopping:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
 
 
+class EarlyStoppingRun:
+    r"""The state of one run under an :class:`EarlyStopping` rule, shared by the trainers.
+
+    Call :meth:`update` after each validation evaluation (``step``, validation loss and token
+    accuracy): it keeps the best-validation checkpoint, counts evaluations without improvement,
+    multiplies the learning rate of ``optimizer`` and ``scheduler`` by ``lr_factor`` after
+    ``patience`` of them (at most ``lr_drops`` times), and returns why the run must stop
+    (``"solved"`` or ``"plateau"``) or ``None``. :meth:`restore` loads the best checkpoint into
+    the model. Used by :func:`train_task` and :func:`lib.binary_attention.train_retrieval`.
+    """
+
+    def __init__(self, rule: EarlyStopping, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        if not isinstance(rule, EarlyStopping):
+            raise TypeError(f"rule must be an EarlyStopping, got {type(rule).__name__}")
+        self.rule, self.model, self.optimizer, self.scheduler = rule, model, optimizer, scheduler
+        self.best_loss, self.best_step, self.bad, self.drops = math.inf, 0, 0, 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def _snapshot(self) -> None:
+        self.best_state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
+
+    def update(self, step: int, val_loss: float, val_accuracy: float) -> str | None:
+        """Record one evaluation; the reason to stop now, or ``None`` to go on."""
+        es = self.rule
+        if val_loss < (1.0 - es.min_rel) * self.best_loss:
+            self.best_loss, self.best_step, self.bad = val_loss, step, 0
+            self._snapshot()
+        else:
+            self.bad += 1
+        if val_accuracy == 1.0:
+            self._snapshot()
+            self.best_step = step
+            return "solved"
+        if self.bad >= es.patience:
+            if self.drops >= es.lr_drops:
+                return "plateau"
+            self.drops, self.bad = self.drops + 1, 0
+            for grp in self.optimizer.param_groups:
+                grp["initial_lr"] = grp.get("initial_lr", grp["lr"]) * es.lr_factor
+            self.scheduler.base_lrs = [b * es.lr_factor for b in self.scheduler.base_lrs]
+        return None
+
+    def restore(self) -> bool:
+        """Load the best checkpoint into the model; ``False`` when there was no evaluation."""
+        if self.best_state is None:
+            return False
+        self.model.load_state_dict(self.best_state)
+        return True
+
+
 def _evaluate(model: nn.Module, batch: TaskBatch, n_out: int, device: torch.device) -> tuple[Tensor, float]:
     """Predictions (on CPU) and mean cross-entropy of ``model`` on ``batch``."""
     model.eval()
@@ -470,7 +521,7 @@ def train_task(task: str, kernel: Kernel, *, seed: int, steps: int = 300, batch:
     val = None if es is None else sample(es.n_val, torch.Generator().manual_seed(555_555 + seed))
     losses: list[float] = []
     curve: list[tuple[int, float, float]] = []
-    best_loss, best_state, best_step, bad, drops = math.inf, None, 0, 0, 0
+    run = None if es is None else EarlyStoppingRun(es, model, opt, sched)
     stop = "fixed" if es is None or steps == 0 else "max_steps"
     model.train()
     for step in range(1, steps + 1):
@@ -490,26 +541,12 @@ def train_task(task: str, kernel: Kernel, *, seed: int, steps: int = 300, batch:
         pred, vloss = _evaluate(model, val, n_out, device)
         vacc = token_accuracy(pred, val.y)
         curve.append((step, vloss, vacc))
-        if vloss < (1.0 - es.min_rel) * best_loss:
-            best_loss, best_step, bad = vloss, step, 0
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            bad += 1
-        if vacc == 1.0:
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            best_step, stop = step, "solved"
+        reason = run.update(step, vloss, vacc)
+        if reason is not None:
+            stop = reason
             break
-        if bad >= es.patience:
-            if drops < es.lr_drops:
-                drops, bad = drops + 1, 0
-                for grp in opt.param_groups:
-                    grp["initial_lr"] = grp.get("initial_lr", lr) * es.lr_factor
-                sched.base_lrs = [b_ * es.lr_factor for b_ in sched.base_lrs]
-            else:
-                stop = "plateau"
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if run is not None and run.restore():
+        best_step = run.best_step
     else:
         best_step = len(losses)
     test = sample(n_test, torch.Generator().manual_seed(999_999))

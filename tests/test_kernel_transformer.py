@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch import nn
 
 from lib import kernel_transformer as kt
 from lib.kernels import ExpDot, Polynomial, kernel_attention
@@ -331,3 +332,27 @@ def test_retrieval_mass_bound_survives_adversarial_keys(start):
             (-mass).backward()
             opt.step()
         assert best <= D / n + 1e-9, (kern.name, best, D / n)
+
+
+def test_early_stopping_run_drops_the_rate_then_stops_and_restores_the_best():
+    """The rule, step by step, on a scripted sequence of validation losses."""
+    model = nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    run = kt.EarlyStoppingRun(kt.EarlyStopping(patience=2, lr_drops=1, lr_factor=0.5, min_rel=0.1), model, opt, sched)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    assert run.update(10, 1.0, 0.2) is None and run.best_step == 10
+    with torch.no_grad():
+        model.weight.fill_(-7.0)
+    assert run.update(20, 0.95, 0.3) is None  # not 10 % better: no improvement
+    assert run.update(30, 0.95, 0.3) is None and sched.base_lrs == [0.5] and run.drops == 1
+    assert opt.param_groups[0]["initial_lr"] == 0.5
+    assert run.update(40, 0.99, 0.3) is None
+    assert run.update(50, 0.99, 0.3) == "plateau" and sched.base_lrs == [0.5]
+    assert run.restore() and float(model.weight.min()) == 3.0 and run.best_step == 10
+    solved = kt.EarlyStoppingRun(kt.EarlyStopping(), model, opt, sched)
+    assert not solved.restore()  # no evaluation yet: nothing to restore
+    assert solved.update(5, 2.0, 1.0) == "solved" and solved.best_step == 5
+    with pytest.raises(TypeError, match="EarlyStopping"):
+        kt.EarlyStoppingRun(None, model, opt, sched)  # type: ignore[arg-type]
