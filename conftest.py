@@ -46,14 +46,19 @@ def pytest_collect_file(file_path: Path, parent):
 
 
 
-# CI seconds of each chapter at CI scale on two cores (from the cell timestamps of a CI run).
+# CI seconds of each chapter at CI scale on two cores (cell timestamps of a fresh-clone CI run).
 # make test runs pytest-xdist with --dist loadfile --no-loadscope-reorder: files are handed out in
-# collection order, and a worker takes the next file while it holds at most two pending tests, so
-# a worker given a one-test chapter at once takes the next file too. The chapters therefore go
-# first, longest first, each followed by a unit-test file of several tests: a worker runs one
-# chapter (and a short file) at a time, the next chapter goes to whichever worker is free first,
-# and the remaining unit-test files fill the gaps at the end (list scheduling, longest first).
-_CHAPTER_COST = {"ch2": 315, "ch4": 200, "ch5": 215, "ch3": 170, "ch6": 55, "ch1": 25}
+# collection order; at the start each worker gets one file and then a second one if it holds at
+# most two pending tests, and later a worker gets the next file whenever it holds at most two. A
+# chapter is one test, so a worker holding a lone chapter takes the next file at once: were that
+# file another chapter, it would wait behind the first while the other worker idles (a CI run lost
+# a minute that way). So the order is: the first JOBS chapters (one per worker), then one short
+# unit-test file of several tests per worker, then chapter, file, chapter, file, ... and the
+# remaining unit-test files last. A worker then holds one chapter and a file behind it, takes the
+# next chapter only once it is nearly done, and the chapters go longest first to whichever
+# worker frees first (list scheduling). (--dist loadgroup would say this directly, but pytest 9
+# moved the node id that pytest-xdist 3.8 rewrites to add the group, so its groups are ignored.)
+_CHAPTER_COST = {"ch2": 335, "ch5": 228, "ch4": 213, "ch3": 167, "ch6": 61, "ch1": 23}
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -70,9 +75,12 @@ def pytest_collection_modifyitems(session, config, items):
         if not is_chapter(file_of(i)):
             sizes[file_of(i)] = sizes.get(file_of(i), 0) + 1
     fillers = [f for f in sizes if sizes[f] >= 3][: len(chapters)]
-    rank = {}
-    for k, f in enumerate(chapters):
-        rank[f] = 2 * k
-    for k, f in enumerate(fillers):
-        rank[f] = 2 * k + 1
+    # the number of xdist workers (collection runs in each worker, where xdist has reset -n)
+    workerinput = getattr(config, "workerinput", None)
+    jobs = workerinput["workercount"] if workerinput else (config.getoption("numprocesses", None) or 1)
+    jobs = jobs if isinstance(jobs, int) and jobs > 0 else 1
+    order = chapters[:jobs] + fillers[:jobs]
+    for c, f in zip(chapters[jobs:], fillers[jobs:] + [None] * len(chapters)):
+        order += [c] if f is None else [c, f]
+    rank = {f: k for k, f in enumerate(order)}
     items.sort(key=lambda i: rank.get(file_of(i), len(rank)))  # stable within a file and the rest
