@@ -158,12 +158,7 @@ def test_accuracy_metrics():
 # ---------------------------------------------------------------- training and statistics
 
 def test_train_task_is_deterministic_and_learns_reversal():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: one thread is fastest, and robust to a shared machine
-    try:
-        _train_twice()
-    finally:
-        torch.set_num_threads(threads)
+    _train_twice()  # one torch thread, as every unit test (tests/conftest.py)
 
 
 def _train_twice():
@@ -203,13 +198,8 @@ def test_group_gap():
 # ---------------------------------------------------------------- training to convergence
 
 def _tiny(**kw):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return kt.train_task("reversal", ExpDot(), seed=0, batch=32, n_test=64, n_layers=1,
-                             task_kwargs={"length": 4, "vocab": 4}, **kw)
-    finally:
-        torch.set_num_threads(threads)
+    return kt.train_task("reversal", ExpDot(), seed=0, batch=32, n_test=64, n_layers=1,
+                         task_kwargs={"length": 4, "vocab": 4}, **kw)
 
 
 def test_early_stopping_solves_and_scores_the_stopping_checkpoint():

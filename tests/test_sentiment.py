@@ -149,16 +149,9 @@ def test_training_learns_synthetic_and_leaders():
     m = HardmaxClassifier(
         len(ds.vocab), 2, generator=torch.Generator().manual_seed(0), init_std=0.1
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # tiny tensors: extra threads only add overhead on a shared machine
-    try:
-        hist = train_classifier(
-            m, ds.train_ids, ds.train_len, ds.train_y, epochs=6, lr=2e-2, seed=0
-        )
-    finally:
-        torch.set_num_threads(threads)
+    hist = train_classifier(  # one torch thread, as every unit test (tests/conftest.py)
+        m, ds.train_ids, ds.train_len, ds.train_y, epochs=6, lr=2e-2, seed=0
+    )
     assert hist.loss[-1] < hist.loss[0] and len(hist.epoch_time) == 6
     ev = evaluate(m, ds.test_ids, ds.test_len, ds.test_y)
     assert ev["accuracy"] > 0.8
