@@ -342,3 +342,30 @@ def test_environments_reads_build_files_and_paper_records(tmp_path):
         json.dumps({"chapter": 2, "provenance": {"environment": env}, "claims": {}})
     )
     assert environments(tmp_path) == {1: env, 2: env}
+
+
+def test_paper_seed_cuts_are_declared_and_shown(tmp_path, monkeypatch):
+    # a declared cut lowers the count for its chapter at the paper scale only
+    assert ledger.min_seeds("paper", 1) == ledger.MIN_SEEDS["paper"]
+    assert ledger.min_seeds("ci", 5) == ledger.MIN_SEEDS["ci"]
+    monkeypatch.setenv("BOOK_CLAIMS_DIR", str(tmp_path))
+    monkeypatch.setenv("BOOK_SCALE", "paper")
+    page = (ledger.ROOT / "book" / "claims.md").read_text().replace("\n", " ")
+    for ch, (n, why) in ledger.PAPER_SEED_CUTS.items():
+        assert ledger.min_seeds("paper", ch) == n
+        assert ledger.MIN_SEEDS["ci"] <= n < ledger.MIN_SEEDS["paper"] and why
+        other = next(c for c in range(1, 20) if c not in ledger.PAPER_SEED_CUTS)
+        for c in (ch, other):
+            claims.begin_chapter(c)
+            for k, m in ((1, n - 1), (2, n)):
+                check(f"{c}.{k}", "x", seeds=[0.1] * m, ref="r", relation="<=", expected=0.5,
+                      kind="book", fails_if="f", quiet=True)
+        probs = [p for p in ledger.validate(load_ledger(tmp_path)) if "seeds;" in p]
+        full = ledger.MIN_SEEDS["paper"]
+        assert sorted(probs) == sorted([
+            f"{ch}.1: {n - 1} seeds; the ledger promises at least {n} at paper scale",
+            f"{other}.1: {n - 1} seeds; the ledger promises at least {full} at paper scale",
+            f"{other}.2: {n} seeds; the ledger promises at least {full} at paper scale",
+        ])
+        # the ledger page says so
+        assert f"chapter {ch} trains {n} seeds" in page
