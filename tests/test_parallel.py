@@ -1,4 +1,4 @@
-"""lib.parallel.run_jobs and lib.potts.train_mlm_jobs: the process pool gives the loop's results."""
+"""lib.parallel.run_jobs and lib.potts_jobs.train_mlm_jobs: the process pool gives the loop's results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lib import potts as P
+from lib import potts_jobs as PJ
 from lib.parallel import run_jobs
 
 
@@ -71,19 +72,19 @@ def test_train_mlm_jobs_pool_is_bitwise_the_loop() -> None:
     }
     vk = (("d_model", 8), ("n_layers", 2), ("n_heads", 2), ("d_ff", 16))
     jobs = [
-        P.MLMJob("factored", 3, 0, (1e-2, 3e-2), 11),
-        P.MLMJob("vanilla", 4, 1, (1e-2,), 12, vk),
-        P.MLMJob("vanilla", 5, 0, (3e-3, 1e-2), 13, vk),
+        PJ.MLMJob("factored", 3, 0, (1e-2, 3e-2), 11),
+        PJ.MLMJob("vanilla", 4, 1, (1e-2,), 12, vk),
+        PJ.MLMJob("vanilla", 5, 0, (3e-3, 1e-2), 13, vk),
     ]
-    loop = P.train_mlm_jobs(jobs, tr, va, C, workers=1, **protocol)
-    pool = P.train_mlm_jobs(jobs, tr, va, C, workers=2, **protocol)
+    loop = PJ.train_mlm_jobs(jobs, tr, va, C, workers=1, **protocol)
+    pool = PJ.train_mlm_jobs(jobs, tr, va, C, workers=2, **protocol)
     for (m1, r1, s1), (m2, r2, s2) in zip(loop, pool):
         assert r1 == r2 and s1 == s2
         for (k1, v1), (k2, v2) in zip(m1.state_dict().items(), m2.state_dict().items()):
             assert k1 == k2 and torch.equal(v1, v2)
     # the loop is the one-model routine it wraps, job by job
     m, r, s = P.train_mlm_select_lr(
-        lambda: P.make_mlm_model("vanilla", 5, C, init_seed=5, **dict(vk)),
+        lambda: PJ.make_mlm_model("vanilla", 5, C, init_seed=5, **dict(vk)),
         tr[0],
         va,
         lrs=(3e-3, 1e-2),
@@ -99,16 +100,16 @@ def test_train_mlm_jobs_pool_is_bitwise_the_loop() -> None:
 
 def test_train_mlm_jobs_bad_input() -> None:
     tr, va, C = _data()
-    job = P.MLMJob("factored", 0, 0, (1e-2,), 1)
+    job = PJ.MLMJob("factored", 0, 0, (1e-2,), 1)
     with pytest.raises(ValueError, match="R, M, L"):
-        P.train_mlm_jobs([job], tr[0], va, C)
+        PJ.train_mlm_jobs([job], tr[0], va, C)
     with pytest.raises(ValueError, match="training sets"):
-        P.train_mlm_jobs([P.MLMJob("factored", 0, 5, (1e-2,), 1)], tr, va, C)
+        PJ.train_mlm_jobs([PJ.MLMJob("factored", 0, 5, (1e-2,), 1)], tr, va, C)
     with pytest.raises(TypeError, match="MLMJob"):
-        P.train_mlm_jobs([("factored", 0)], tr, va, C)
+        PJ.train_mlm_jobs([("factored", 0)], tr, va, C)
     with pytest.raises(ValueError, match="empty"):
-        P.train_mlm_jobs([], tr, va, C)
+        PJ.train_mlm_jobs([], tr, va, C)
     with pytest.raises(ValueError, match="sites"):
-        P.train_mlm_jobs([job], tr, va[:, :3], C)
+        PJ.train_mlm_jobs([job], tr, va[:, :3], C)
     with pytest.raises(ValueError, match="kind"):
-        P.make_mlm_model("lstm", 5, C, init_seed=0)
+        PJ.make_mlm_model("lstm", 5, C, init_seed=0)
