@@ -5,7 +5,8 @@ r"""Independent jobs in worker processes, with the same results as a plain loop.
 must be seeded by its own arguments (no global random state), so where it runs does not change
 its result: on the CPU the results are bitwise identical to the loop run with one torch thread.
 
-Used by chapter 2's depth comparison (:func:`lib.potts_jobs.train_mlm_jobs`) at the paper scale.
+Used by chapter 2's depth comparison (:func:`lib.potts_jobs.train_mlm_jobs`) and chapter 5's trainings
+(:func:`lib.sentiment.train_runs`) at the paper scale.
 """
 
 from __future__ import annotations

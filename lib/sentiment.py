@@ -49,14 +49,11 @@ import bz2
 import csv
 import importlib.util
 import math
-import multiprocessing
 import numbers
-import pickle
 import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +65,7 @@ from torch import nn
 from . import _checks as C
 from .attention import hardmax_weights
 from .hardmax import default_tie_rtol, distinct_points
+from .parallel import run_jobs
 
 Tensor = torch.Tensor
 
@@ -1119,26 +1117,11 @@ def train_run(
 #: of one :func:`train_run` call and its keyword arguments (``kwargs`` must hold ``epochs``).
 Job = tuple[Protocol, Dataset, int, int, dict[str, Any]]
 
-# Datasets of the jobs, keyed by job-list index of their first use; set once per worker process
-# by :func:`_init_worker` so that a large Dataset crosses the process boundary once per worker.
-_WORKER_DATA: dict[int, Dataset] = {}
-
-
-def _init_worker(data_blob: bytes) -> None:
-    """Initializer of the worker processes of :func:`train_runs`: one torch thread per process
-    (the runs are the parallel unit) and the pickled ``{key: Dataset}`` of the jobs."""
-    torch.set_num_threads(1)
-    _WORKER_DATA.clear()
-    _WORKER_DATA.update(pickle.loads(data_blob))
-
-
-def _run_job(
-    key: int, protocol: Protocol, d: int, seed: int, kwargs: dict[str, Any]
-) -> bytes:
-    """One :func:`train_run` in a worker, on the dataset ``key``; the :class:`Run` comes back
-    as plain pickle bytes (tensors copied, no shared memory or file descriptors involved)."""
-    run = train_run(protocol, _WORKER_DATA[key], d, seed, **kwargs)
-    return pickle.dumps(run, protocol=pickle.HIGHEST_PROTOCOL)
+def _run_job(datasets: dict[int, Dataset], key: int, protocol: Protocol, d: int, seed: int,
+             kwargs: dict[str, Any]) -> Run:
+    """One :func:`train_run` on the dataset ``key`` of ``datasets`` (in a worker of
+    :func:`lib.parallel.run_jobs`, which sends ``datasets`` once per worker)."""
+    return train_run(protocol, datasets[key], d, seed, **kwargs)
 
 
 def _check_jobs(jobs: Sequence[Job]) -> list[Job]:
@@ -1202,7 +1185,7 @@ def train_runs(
 
     ``workers == 1`` (the CI scale): a plain loop in this process, with no process pool and
     this process's thread setting. ``workers > 1``: a
-    :class:`concurrent.futures.ProcessPoolExecutor` of ``min(workers, len(jobs))`` processes
+    process pool of :func:`lib.parallel.run_jobs`: ``min(workers, len(jobs))`` processes
     started with ``spawn`` (safe from a Jupyter kernel and with CUDA), one torch thread each.
     The distinct datasets of the jobs are pickled once and handed to every worker by its
     initializer, not once per job; each :class:`Run` (model, protocol, history) comes back
@@ -1220,54 +1203,12 @@ def train_runs(
     ):
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     jobs = _check_jobs(jobs)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc)
-    try:
-        if workers == 1:
-            out = []
-            for P, data, d, seed, kwargs in jobs:
-                out.append(train_run(P, data, d, seed, **kwargs))
-                if bar is not None:
-                    bar.update()
-            return out
-        keys: dict[int, int] = {}  # id(Dataset) -> key, the index of its first job
-        for i, (_, data, _, _, _) in enumerate(jobs):
-            keys.setdefault(id(data), i)
-        blob = pickle.dumps(
-            {k: jobs[k][1] for k in keys.values()}, protocol=pickle.HIGHEST_PROTOCOL
-        )
-        results: list[Run | None] = [None] * len(jobs)
-        pool = ProcessPoolExecutor(
-            max_workers=min(int(workers), len(jobs)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(blob,),
-        )
-        try:
-            futures = {
-                pool.submit(_run_job, keys[id(data)], P, d, seed, kwargs): i
-                for i, (P, data, d, seed, kwargs) in enumerate(jobs)
-            }
-            for fut in as_completed(futures):
-                results[futures[fut]] = pickle.loads(fut.result())
-                if bar is not None:
-                    bar.update()
-        except BaseException:
-            # a failed run or an interrupt: stop this pool's own workers now rather than wait
-            # for their current runs (ProcessPoolExecutor keeps them in ``_processes``)
-            procs = getattr(pool, "_processes", None) or {}
-            for proc in list(procs.values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        return results  # type: ignore[return-value]
-    finally:
-        if bar is not None:
-            bar.close()
+    keys: dict[int, int] = {}  # id(Dataset) -> key, the index of its first job
+    for i, (_, data, _, _, _) in enumerate(jobs):
+        keys.setdefault(id(data), i)
+    datasets = {k: jobs[k][1] for k in keys.values()}
+    args = [(keys[id(data)], P, d, seed, kwargs) for P, data, d, seed, kwargs in jobs]
+    return run_jobs(_run_job, args, shared=datasets, workers=int(workers), progress=progress, desc=desc)
 
 
 def bow_baseline(
